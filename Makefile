@@ -1,0 +1,28 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3.12
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/qt: pyproject.toml requirements.lock
+	@command -v $(PY) >/dev/null 2>&1 || { echo "Python 3.12 is required ($(PY) not found; with pyenv, .python-version selects it: use PY=python)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $(BIN)/qt
+
+.PHONY: setup demo test lint bench
+setup: $(BIN)/qt
+
+demo: setup
+	$(BIN)/qt demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
