@@ -1,0 +1,134 @@
+"""The backtest config file: one YAML describes a whole run. See configs/backtests/*.yaml and the README."""
+
+import importlib
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from pydantic import Field, field_validator, model_validator
+
+from quantum_trader.config import ConfigError, StrictModel, load_config, parse_config
+
+MEGACAPS = (
+    "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT", "AVAXUSDT",
+    "LINKUSDT", "TONUSDT", "DOTUSDT", "BCHUSDT", "LTCUSDT", "SUIUSDT",
+)  # fmt: skip
+MAX_UNIVERSE = 200
+
+
+class UniverseConfig(StrictModel):
+    select: Literal["all", "symbols", "top_volume", "megacap"] = "top_volume"
+    symbols: list[str] = Field(default_factory=list)
+    size: int = Field(50, ge=1, le=MAX_UNIVERSE)
+    min_quote_volume_24h: float = Field(0.0, ge=0)
+    blacklist: list[str] = Field(default_factory=list)
+    ranking_days: int = Field(7, ge=1, description="quote volume is ranked over this many days before start")
+    market: Literal["futures", "spot"] = "futures"
+    interval: str = "5m"
+
+    @model_validator(mode="after")
+    def _symbols_given(self):
+        if self.select == "symbols" and not self.symbols:
+            raise ValueError("select: symbols needs a non-empty `symbols` list")
+        return self
+
+
+class PeriodConfig(StrictModel):
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"start {self.start} must be before end {self.end}")
+        return self
+
+
+class VenueConfig(StrictModel):
+    starting_balance: float = Field(10_000.0, gt=0)
+    default_leverage: float = Field(5.0, ge=1, le=125)
+    leverage: dict[str, float] = Field(default_factory=dict, description="per-symbol leverage, e.g. BTCUSDT: 10")
+    maker_fee: float | None = Field(None, ge=-0.001, le=0.01)
+    taker_fee: float | None = Field(None, ge=0, le=0.01)
+    fill_timing: Literal["next_bar_close", "bar_close"] = "next_bar_close"
+    slippage_bps: float = Field(2.0, ge=0, le=500)
+    funding: bool = True
+    liquidation: bool = True
+    maintenance_margin_rate: float = Field(0.005, ge=0, lt=1)
+
+    @field_validator("leverage")
+    @classmethod
+    def _leverage_range(cls, v: dict[str, float]):
+        for sym, lev in v.items():
+            if not 1 <= lev <= 125:
+                raise ValueError(f"leverage for {sym} must be within [1, 125], got {lev}")
+        return v
+
+
+class ComponentConfig(StrictModel):
+    """A strategy or actor by import path, `module:Class`; its config class is `ClassConfig` beside it."""
+
+    path: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _importable(cls, path: str):
+        resolve_component(path)
+        return path
+
+
+class ReportConfig(StrictModel):
+    tearsheet: bool = True
+    equity_sample_minutes: int = Field(60, ge=1)
+
+
+class BacktestConfig(StrictModel):
+    name: str = "backtest"
+    catalog: str = "data/catalog"
+    universe: UniverseConfig = UniverseConfig()
+    period: PeriodConfig = PeriodConfig()
+    venue: VenueConfig = VenueConfig()
+    strategies: list[ComponentConfig] = Field(min_length=1)
+    actors: list[ComponentConfig] = Field(default_factory=list)
+    report: ReportConfig = ReportConfig()
+    seed: int = 42
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "ERROR"
+
+
+def resolve_component(path: str) -> tuple[type, type]:
+    module_name, sep, class_name = path.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"expected 'module:Class', e.g. 'strategies.ema_cross:EmaCross', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import module {module_name!r}: {err}") from None
+    cls = getattr(module, class_name, None)
+    config_cls = getattr(module, f"{class_name}Config", None)
+    if cls is None or config_cls is None:
+        raise ValueError(f"module {module_name!r} must define {class_name} and {class_name}Config")
+    return cls, config_cls
+
+
+def build_component_config(component: ComponentConfig, where: str, **injected):
+    """The component's own (msgspec) config; field errors are reported as `where.config.<field>`."""
+    _, config_cls = resolve_component(component.path)
+    fields = set(msgspec.structs.fields(config_cls) and (f.name for f in msgspec.structs.fields(config_cls)))
+    data = {k: v for k, v in injected.items() if k in fields} | component.config
+    unknown = sorted(set(component.config) - fields)
+    if unknown:
+        raise ConfigError(f"{where}.config: unknown field(s) {unknown}; allowed: {sorted(fields)}")
+    try:
+        return msgspec.convert(data, config_cls)
+    except (msgspec.ValidationError, TypeError) as err:
+        detail = str(err).replace("$.", f"{where}.config.")
+        raise ConfigError(f"{where}.config: {detail}") from None
+
+
+def load_backtest_config(path) -> BacktestConfig:
+    return load_config(BacktestConfig, path)
+
+
+def parse_backtest_config(data: dict, source: str = "<dict>") -> BacktestConfig:
+    return parse_config(BacktestConfig, data, source)

@@ -1,0 +1,187 @@
+"""Everything a finished backtest writes into its run folder.
+
+Statistics come from two sources, each the honest one for its purpose:
+- the equity curve (balance + unrealised PnL sampled on a clock by EquityRecorder) for returns, Sharpe and
+  Sortino (daily returns, 365 days a year), drawdown, Calmar and exposure;
+- the closed positions for trade-level win rate and profit factor (Nautilus' own ProfitFactor uses daily
+  returns); realised PnL there is net of commissions, and funding is reported beside it.
+"""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from nautilus_trader.model.identifiers import Venue
+
+from backtests.runner import RunArtifacts
+from catalog.instruments import VENUE, symbol_of
+from strategies.base import LIQUIDATION_TAG
+
+DAYS_PER_YEAR = 365
+
+
+def _money(values: pd.Series) -> pd.Series:
+    """'5.81 USDT' or ['1.0 USDT'] -> 5.81."""
+    return values.astype(str).str.extract(r"(-?[\d.]+(?:e-?\d+)?)")[0].astype(float).fillna(0.0)
+
+
+def equity_stats(equity: pd.DataFrame, initial: float, start: pd.Timestamp, end: pd.Timestamp) -> dict:
+    eq = pd.concat([pd.Series([initial], index=[start]), equity["equity"]])
+    eq = eq[~eq.index.duplicated(keep="last")].sort_index()
+    final = float(eq.iloc[-1])
+    days = max((end - start).total_seconds() / 86400, 1e-9)
+    daily = eq.resample("1D").last().ffill().pct_change().dropna()
+    drawdown = eq / eq.cummax() - 1
+    total_return = final / initial - 1
+    cagr = (final / initial) ** (DAYS_PER_YEAR / days) - 1 if final > 0 else -1.0
+    max_dd = float(drawdown.min())
+    std = daily.std(ddof=1)
+    downside = math.sqrt(float((np.minimum(daily, 0) ** 2).mean())) if len(daily) else 0.0
+    exposure = equity["gross_exposure"] / equity["equity"].where(equity["equity"] > 0)
+    return {
+        "starting_balance": initial,
+        "final_equity": final,
+        "total_return": total_return,
+        "cagr": cagr,
+        "sharpe": float(daily.mean() / std * math.sqrt(DAYS_PER_YEAR)) if std and std > 0 else None,
+        "sortino": float(daily.mean() / downside * math.sqrt(DAYS_PER_YEAR)) if downside > 0 else None,
+        "max_drawdown": max_dd,
+        "calmar": cagr / abs(max_dd) if max_dd < 0 else None,
+        "exposure_avg": float(exposure.mean()) if len(exposure) else 0.0,
+        "time_in_market": float((equity["gross_exposure"] > 0).mean()) if len(equity) else 0.0,
+        "days": days,
+    }
+
+
+def trade_stats(positions: pd.DataFrame) -> dict:
+    closed = positions[positions["ts_closed"].notna()] if len(positions) else positions
+    pnl = _money(closed["realized_pnl"]) if len(closed) else pd.Series(dtype=float)
+    wins, losses = pnl[pnl > 0].sum(), pnl[pnl < 0].sum()
+    return {
+        "trades": len(closed),
+        "win_rate": float((pnl > 0).mean()) if len(pnl) else None,
+        "profit_factor": float(wins / -losses) if losses < 0 else None,
+        "realized_pnl": float(pnl.sum()),
+        "open_positions_at_end": int(len(positions) - len(closed)),
+    }
+
+
+def fill_stats(fills: pd.DataFrame, initial: float) -> dict:
+    if fills.empty:
+        return {"fills": 0, "fees": 0.0, "turnover_usd": 0.0, "turnover": 0.0, "liquidations": 0}
+    notional = fills["filled_qty"].astype(float) * fills["avg_px"].astype(float)
+    liquidations = fills["tags"].astype(str).str.contains(LIQUIDATION_TAG).sum()
+    return {
+        "fills": len(fills),
+        "fees": float(_money(fills["commissions"]).sum()),
+        "turnover_usd": float(notional.sum()),
+        "turnover": float(notional.sum() / initial),
+        "liquidations": int(liquidations),
+    }
+
+
+def fingerprint(fills: pd.DataFrame) -> str:
+    """sha256 over the trades: same config and seed must give the same value."""
+    cols = ["ts_last", "instrument_id", "side", "filled_qty", "avg_px", "type"]
+    rows = fills.reset_index()[["client_order_id", *cols]].astype(str) if len(fills) else pd.DataFrame()
+    text = "\n".join("|".join(r) for r in rows.sort_values(["ts_last", "client_order_id"]).to_numpy().tolist())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def per_symbol(positions: pd.DataFrame, fills: pd.DataFrame, funding: pd.DataFrame) -> pd.DataFrame:
+    rows = {}
+    closed = positions[positions["ts_closed"].notna()] if len(positions) else positions
+    for iid, group in closed.groupby("instrument_id") if len(closed) else []:
+        pnl = _money(group["realized_pnl"])
+        rows.setdefault(symbol_of(iid), {}).update(
+            trades=len(group), wins=int((pnl > 0).sum()), realized_pnl=float(pnl.sum())
+        )
+    for iid, group in fills.groupby("instrument_id") if len(fills) else []:
+        rows.setdefault(symbol_of(iid), {})["fees"] = float(_money(group["commissions"]).sum())
+    for iid, group in funding.groupby("instrument_id") if len(funding) else []:
+        rows.setdefault(symbol_of(iid), {})["funding"] = float(group["amount"].sum())
+    df = pd.DataFrame.from_dict(rows, orient="index").fillna(0.0)
+    df.index.name = "symbol"
+    for col in ("trades", "wins", "realized_pnl", "fees", "funding"):
+        if col not in df:
+            df[col] = 0.0
+    df["net_pnl"] = df["realized_pnl"] + df["funding"]
+    return df.sort_values("net_pnl")
+
+
+def plot_equity(equity: pd.DataFrame, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eq = equity["equity"]
+    dd = eq / eq.cummax() - 1
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, height_ratios=[3, 1])
+    ax1.plot(eq.index, eq.values, color="#1f77b4", lw=1.2, label="equity (mark-to-market)")
+    ax1.plot(equity.index, equity["balance"], color="#999999", lw=0.8, label="balance")
+    ax1.set_ylabel("USDT")
+    ax1.set_title(title)
+    ax1.legend(loc="upper left")
+    ax1.grid(alpha=0.3)
+    ax2.fill_between(dd.index, dd.values * 100, 0, color="#d62728", alpha=0.5)
+    ax2.set_ylabel("drawdown %")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run: RunArtifacts, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    engine, cfg = run.engine, run.config
+    orders = engine.trader.generate_orders_report()
+    fills = engine.trader.generate_order_fills_report()
+    positions = engine.trader.generate_positions_report()
+    account = engine.trader.generate_account_report(Venue(str(VENUE)))
+    equity = run.equity.frame()
+    funding = pd.DataFrame([p.__dict__ for p in run.funding.payments]) if run.funding else pd.DataFrame()
+    for name, frame in [("orders", orders), ("fills", fills), ("positions", positions), ("account", account)]:
+        frame.to_csv(out / f"{name}.csv")
+    equity.to_csv(out / "equity.csv")
+    funding.to_csv(out / "funding.csv", index=False)
+
+    initial = cfg.venue.starting_balance
+    stats = {
+        "name": cfg.name,
+        "period": {"start": str(run.start), "end": str(run.end)},
+        "symbols": [str(i.id) for i in run.universe.instruments],
+        "bars": run.bars,
+        **equity_stats(equity, initial, run.start, run.end),
+        **trade_stats(positions),
+        **fill_stats(fills, initial),
+        "funding": float(funding["amount"].sum()) if len(funding) else 0.0,
+        "funding_payments": len(funding),
+        "margin_rejections": sum(getattr(s, "margin_rejections", 0) for s in run.strategies),
+        "fingerprint": fingerprint(fills),
+        "wall_seconds": run.wall_seconds,
+        "bars_per_second": run.bars / run.wall_seconds if run.wall_seconds > 0 else None,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    (out / "fingerprint.txt").write_text(stats["fingerprint"] + "\n")
+    per_symbol(positions, fills, funding).to_csv(out / "per_symbol.csv")
+    resolved = cfg.model_dump(mode="json") | {"resolved_symbols": stats["symbols"], "resolved_period": stats["period"]}
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if len(equity):
+        plot_equity(equity, f"{cfg.name}: equity and drawdown", out / "equity.png")
+    if cfg.report.tearsheet:
+        _tearsheet(engine, out / "tearsheet.html", cfg.name)
+    return stats
+
+
+def _tearsheet(engine, path: Path, title: str) -> None:
+    from nautilus_trader.analysis.tearsheet import create_tearsheet
+
+    try:
+        create_tearsheet(engine, output_path=str(path), title=title)
+    except Exception as err:  # the tearsheet is a convenience; the run's own report is already written
+        path.with_suffix(".error.txt").write_text(f"tearsheet failed: {err!r}\n")

@@ -1,0 +1,144 @@
+"""The base every Quantum Trader strategy derives from: multi-symbol bars, margin checks, liquidation.
+
+A strategy author implements `on_bar` and calls `enter` / `exit`. The base provides what Nautilus leaves
+to us for MARGIN accounts:
+
+- A margin check before every entry: the initial margin (notional / leverage) must fit in the account's free
+  balance. Nautilus' RiskEngine does not check it for margin accounts, so without this a 1k account can open
+  a 100k position.
+- A liquidation guard: while a position is open, a reduce-only stop-market order rests at its liquidation
+  price, tagged LIQUIDATION. It is re-placed whenever the position changes. Isolated-margin rule for linear
+  USDT-M contracts: long liq = entry * (1 - 1/leverage + mmr); short liq = entry * (1 + 1/leverage - mmr).
+  In a backtest this is how the margin-exhausted position gets closed at its liquidation price; live, the
+  exchange liquidates first, and the order is a harmless last line of defence.
+"""
+
+from nautilus_trader.config import StrategyConfig
+from nautilus_trader.model.currencies import USDT
+from nautilus_trader.model.data import Bar, BarType
+from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
+from nautilus_trader.model.events import PositionChanged, PositionClosed, PositionOpened
+from nautilus_trader.model.identifiers import InstrumentId
+from nautilus_trader.model.orders import Order
+from nautilus_trader.model.position import Position
+from nautilus_trader.trading.strategy import Strategy
+
+LIQUIDATION_TAG = "LIQUIDATION"
+
+
+class QTStrategyConfig(StrategyConfig, frozen=True):
+    """`bar_types` is filled in from the backtest or node universe when left empty."""
+
+    bar_types: tuple[str, ...] = ()
+    notional_usd: float = 1000.0
+    liquidation_guard: bool = True
+    maintenance_margin_rate: float = 0.005
+
+
+def liquidation_price(side: PositionSide, entry: float, leverage: float, mmr: float) -> float:
+    if side == PositionSide.LONG:
+        return entry * (1.0 - 1.0 / leverage + mmr)
+    return entry * (1.0 + 1.0 / leverage - mmr)
+
+
+class QTStrategy(Strategy):
+    def __init__(self, config: QTStrategyConfig):
+        super().__init__(config)
+        self.bar_types = [BarType.from_str(b) for b in config.bar_types]
+        self._liquidation_orders: dict[InstrumentId, Order] = {}
+        self.margin_rejections = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def on_start(self) -> None:
+        if not self.bar_types:
+            self.log.error("No bar_types configured: nothing to trade")
+            self.stop()
+            return
+        for bar_type in self.bar_types:
+            if self.cache.instrument(bar_type.instrument_id) is None:
+                self.log.error(f"Unknown instrument {bar_type.instrument_id}: not in the cache")
+                self.stop()
+                return
+            self.subscribe_bars(bar_type)
+        self.on_strategy_start()
+
+    def on_strategy_start(self) -> None:
+        """Hook for subclasses (indicators, state)."""
+
+    def on_bar(self, bar: Bar) -> None:  # pragma: no cover - subclasses override
+        pass
+
+    # ---- trading helpers ---------------------------------------------------------------------------
+    def leverage(self, instrument_id: InstrumentId) -> float:
+        account = self.portfolio.account(instrument_id.venue)
+        lev = account.leverage(instrument_id) if account is not None else None
+        return float(lev) if lev else 1.0
+
+    def free_margin(self, instrument_id: InstrumentId) -> float:
+        account = self.portfolio.account(instrument_id.venue)
+        free = account.balance_free(USDT) if account is not None else None
+        return free.as_double() if free is not None else 0.0
+
+    def enter(self, instrument_id: InstrumentId, side: OrderSide, price: float, notional: float | None = None) -> bool:
+        """Market entry of `notional` USDT (default from config) if the margin for it is free."""
+        notional = self.config.notional_usd if notional is None else notional
+        instrument = self.cache.instrument(instrument_id)
+        qty = instrument.make_qty(notional / price)
+        if qty.as_double() <= 0:
+            return False
+        required = qty.as_double() * price / self.leverage(instrument_id)
+        if required > self.free_margin(instrument_id):
+            self.margin_rejections += 1
+            self.log.warning(f"Entry refused for {instrument_id}: margin {required:.2f} exceeds free balance")
+            return False
+        self.submit_order(self.order_factory.market(instrument_id, side, qty))
+        return True
+
+    def exit(self, instrument_id: InstrumentId) -> None:
+        self._cancel_liquidation_order(instrument_id)
+        self.close_all_positions(instrument_id)
+
+    def net_side(self, instrument_id: InstrumentId) -> PositionSide:
+        if self.portfolio.is_net_long(instrument_id):
+            return PositionSide.LONG
+        if self.portfolio.is_net_short(instrument_id):
+            return PositionSide.SHORT
+        return PositionSide.FLAT
+
+    # ---- liquidation guard -------------------------------------------------------------------------
+    def on_position_opened(self, event: PositionOpened) -> None:
+        self._protect(self.cache.position(event.position_id))
+
+    def on_position_changed(self, event: PositionChanged) -> None:
+        self._protect(self.cache.position(event.position_id))
+
+    def on_position_closed(self, event: PositionClosed) -> None:
+        self._cancel_liquidation_order(event.instrument_id)
+
+    def _protect(self, position: Position | None) -> None:
+        if not self.config.liquidation_guard or position is None or position.is_closed:
+            return
+        iid = position.instrument_id
+        self._cancel_liquidation_order(iid)
+        instrument = self.cache.instrument(iid)
+        lev = self.leverage(iid)
+        price = liquidation_price(position.side, position.avg_px_open, lev, self.config.maintenance_margin_rate)
+        if price <= instrument.price_increment.as_double():
+            return  # an unlevered long cannot be liquidated
+        order = self.order_factory.stop_market(
+            instrument_id=iid,
+            order_side=OrderSide.SELL if position.side == PositionSide.LONG else OrderSide.BUY,
+            quantity=position.quantity,
+            trigger_price=instrument.make_price(price),
+            time_in_force=TimeInForce.GTC,
+            reduce_only=True,
+            tags=[LIQUIDATION_TAG],
+        )
+        self._liquidation_orders[iid] = order
+        self.submit_order(order)
+
+    def _cancel_liquidation_order(self, instrument_id: InstrumentId) -> None:
+        order = self._liquidation_orders.pop(instrument_id, None)
+        if order is not None and not order.is_closed:
+            self.cancel_order(order)
+
