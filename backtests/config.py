@@ -47,7 +47,9 @@ class PeriodConfig(StrictModel):
 class VenueConfig(StrictModel):
     starting_balance: float = Field(10_000.0, gt=0)
     default_leverage: float = Field(5.0, ge=1, le=125)
-    leverage: dict[str, float] = Field(default_factory=dict, description="per-symbol leverage, e.g. BTCUSDT: 10")
+    leverage: dict[str, float] = Field(
+        default_factory=dict, description="per-symbol leverage, e.g. BTCUSDT: 10"
+    )
     maker_fee: float | None = Field(None, ge=-0.001, le=0.01)
     taker_fee: float | None = Field(None, ge=0, le=0.01)
     fill_timing: Literal["next_bar_close", "bar_close"] = "next_bar_close"

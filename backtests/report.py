@@ -87,8 +87,14 @@ def fill_stats(fills: pd.DataFrame, initial: float) -> dict:
 def fingerprint(fills: pd.DataFrame) -> str:
     """sha256 over the trades: same config and seed must give the same value."""
     cols = ["ts_last", "instrument_id", "side", "filled_qty", "avg_px", "type"]
-    rows = fills.reset_index()[["client_order_id", *cols]].astype(str) if len(fills) else pd.DataFrame()
-    text = "\n".join("|".join(r) for r in rows.sort_values(["ts_last", "client_order_id"]).to_numpy().tolist())
+    if fills.empty:
+        return hashlib.sha256(b"").hexdigest()
+    rows = (
+        fills.reset_index()[["client_order_id", *cols]]
+        .astype(str)
+        .sort_values(["ts_last", "client_order_id"])
+    )
+    text = "\n".join("|".join(r) for r in rows.to_numpy().tolist())
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -169,7 +175,10 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
     (out / "fingerprint.txt").write_text(stats["fingerprint"] + "\n")
     per_symbol(positions, fills, funding).to_csv(out / "per_symbol.csv")
-    resolved = cfg.model_dump(mode="json") | {"resolved_symbols": stats["symbols"], "resolved_period": stats["period"]}
+    resolved = cfg.model_dump(mode="json") | {
+        "resolved_symbols": stats["symbols"],
+        "resolved_period": stats["period"],
+    }
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     if len(equity):
         plot_equity(equity, f"{cfg.name}: equity and drawdown", out / "equity.png")

@@ -64,7 +64,9 @@ def select_universe(store: CatalogStore, cfg: BacktestConfig) -> Universe:
         and str(bt.instrument_id).endswith("-PERP.BINANCE") == (u.market == "futures")
     }
     if not available:
-        raise ConfigError(f"catalog {store.path} holds no {u.market} {u.interval} bars; run `qt data ingest` first")
+        raise ConfigError(
+            f"catalog {store.path} holds no {u.market} {u.interval} bars; run `qt data ingest` first"
+        )
     candidates = _candidates(u, available)
     ranked, note = _rank_by_quote_volume(store, [available[s] for s in candidates], cfg)
     chosen = ranked if u.select in ("all", "symbols") else ranked[: u.size]
@@ -104,7 +106,9 @@ def _rank_by_quote_volume(store: CatalogStore, bar_types: list, cfg: BacktestCon
     kept = [bt for bt in bar_types if scores[bt] >= u.min_quote_volume_24h]
     if u.select not in ("all", "symbols"):
         kept.sort(key=lambda bt: (-scores[bt], str(bt)))
-    note = "ranked on the first days of the data (no data before start)" if in_period else "ranked before start"
+    note = (
+        "ranked on the first days of the data (no data before start)" if in_period else "ranked before start"
+    )
     return kept, note
 
 
@@ -118,7 +122,11 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
     )
     v = cfg.venue
     leverages = {instrument_id(sym, cfg.universe.market): Decimal(str(x)) for sym, x in v.leverage.items()}
-    funding = _funding_module(store, universe, start, end) if v.funding and cfg.universe.market == "futures" else None
+    funding = (
+        _funding_module(store, universe, start, end)
+        if v.funding and cfg.universe.market == "futures"
+        else None
+    )
     engine.add_venue(
         venue=VENUE,
         oms_type=OmsType.NETTING,
@@ -154,7 +162,10 @@ def _funding_module(store: CatalogStore, universe: Universe, start, end) -> Fund
     for inst in universe.instruments:
         f = store.read_funding_frame(inst.id)
         f = f[(f["date"] > start) & (f["date"] <= end)]
-        schedule[inst.id] = (f["date"].to_numpy(dtype="datetime64[ns]").astype(np.int64), f["rate"].to_numpy())
+        schedule[inst.id] = (
+            f["date"].to_numpy(dtype="datetime64[ns]").astype(np.int64),
+            f["rate"].to_numpy(),
+        )
     if not any(len(t) for t, _ in schedule.values()):
         log.warning("no funding rates in the catalog for this universe and period: funding is not charged")
     return FundingModule(schedule)
@@ -165,7 +176,11 @@ def resolve_period(store: CatalogStore, cfg: BacktestConfig, universe: Universe)
     first = min(f.min() for f in frames)
     last = max(f.max() for f in frames)
     start = pd.Timestamp(cfg.period.start, tz="UTC") if cfg.period.start else first
-    end = pd.Timestamp(cfg.period.end, tz="UTC") if cfg.period.end else last + pd.Timedelta(cfg.universe.interval)
+    end = (
+        pd.Timestamp(cfg.period.end, tz="UTC")
+        if cfg.period.end
+        else last + pd.Timedelta(cfg.universe.interval)
+    )
     if start >= last:
         raise ConfigError(f"period.start {start} is after the last bar in the catalog ({last})")
     return start, end
@@ -207,7 +222,9 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     equity = EquityRecorder(EquityRecorderConfig(interval_minutes=cfg.report.equity_sample_minutes))
     engine.add_actor(equity)
     if progress:
-        engine.add_actor(ProgressActor(ProgressActorConfig(start_ns=start.value, end_ns=end.value, bars=bars)))
+        engine.add_actor(
+            ProgressActor(ProgressActorConfig(start_ns=start.value, end_ns=end.value, bars=bars))
+        )
     t0 = time.perf_counter()
     engine.sort_data()
     engine.run(start=start, end=end)

@@ -87,7 +87,11 @@ def make_instrument(
     )
     if market == "futures":
         return CryptoPerpetual(
-            settlement_currency=USDT, is_inverse=False, max_notional=None, min_notional=Money(5, USDT), **common
+            settlement_currency=USDT,
+            is_inverse=False,
+            max_notional=None,
+            min_notional=Money(5, USDT),
+            **common,
         )
     if market == "spot":
         return CurrencyPair(max_notional=None, min_notional=Money(5, USDT), **common)

@@ -55,7 +55,9 @@ def interval_of(bar_type: BarType) -> str:
     return f"{spec.step}{unit}"
 
 
-def frame_to_bars(frame: pd.DataFrame, bar_type: BarType, price_precision: int, size_precision: int) -> list[Bar]:
+def frame_to_bars(
+    frame: pd.DataFrame, bar_type: BarType, price_precision: int, size_precision: int
+) -> list[Bar]:
     shift = interval_seconds(interval_of(bar_type)) * 1_000_000_000
     ts = frame["date"].to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.uint64) + np.uint64(shift)
     cols = [np.round(frame[c].to_numpy(dtype=np.float64, copy=True), price_precision) for c in OHLCV[:4]]
@@ -133,6 +135,11 @@ class CatalogStore:
         return self.catalog.bars([str(bar_type)], start=start, end=end)
 
     def write_bars(self, instrument: Instrument, frame: pd.DataFrame, bar_type: BarType) -> WriteResult:
+        # Round first, so re-ingesting the same file compares equal to what the catalog stored.
+        frame = frame.assign(
+            **{c: frame[c].round(instrument.price_precision) for c in OHLCV[:4]},
+            volume=frame["volume"].round(instrument.size_precision),
+        )
         merged, result = self._merge(self.read_bars_frame(bar_type), frame, OHLCV, str(bar_type))
         if result.rows_new:
             bars = frame_to_bars(merged, bar_type, instrument.price_precision, instrument.size_precision)

@@ -5,12 +5,10 @@ any work starts, with the dotted path of the bad field and what was expected the
 """
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -36,14 +34,14 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(model: type[M], data: dict[str, Any], source: str = "<dict>") -> M:
+def parse_config[M: BaseModel](model: type[M], data: dict[str, Any], source: str = "<dict>") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(source, err)) from None
 
 
-def load_config(model: type[M], path: str | Path) -> M:
+def load_config[M: BaseModel](model: type[M], path: str | Path) -> M:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

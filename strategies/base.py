@@ -79,7 +79,9 @@ class QTStrategy(Strategy):
         free = account.balance_free(USDT) if account is not None else None
         return free.as_double() if free is not None else 0.0
 
-    def enter(self, instrument_id: InstrumentId, side: OrderSide, price: float, notional: float | None = None) -> bool:
+    def enter(
+        self, instrument_id: InstrumentId, side: OrderSide, price: float, notional: float | None = None
+    ) -> bool:
         """Market entry of `notional` USDT (default from config) if the margin for it is free."""
         notional = self.config.notional_usd if notional is None else notional
         instrument = self.cache.instrument(instrument_id)
@@ -122,7 +124,9 @@ class QTStrategy(Strategy):
         self._cancel_liquidation_order(iid)
         instrument = self.cache.instrument(iid)
         lev = self.leverage(iid)
-        price = liquidation_price(position.side, position.avg_px_open, lev, self.config.maintenance_margin_rate)
+        price = liquidation_price(
+            position.side, position.avg_px_open, lev, self.config.maintenance_margin_rate
+        )
         if price <= instrument.price_increment.as_double():
             return  # an unlevered long cannot be liquidated
         order = self.order_factory.stop_market(
@@ -141,4 +145,3 @@ class QTStrategy(Strategy):
         order = self._liquidation_orders.pop(instrument_id, None)
         if order is not None and not order.is_closed:
             self.cancel_order(order)
-

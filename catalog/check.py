@@ -1,0 +1,47 @@
+"""`qt data check`: the data-quality report of what a catalog holds, one row per series."""
+
+from pathlib import Path
+
+import pandas as pd
+from nautilus_trader.model.enums import price_type_to_str
+
+from catalog.instruments import symbol_of
+from catalog.quality import inspect_ohlcv
+from catalog.store import CatalogStore, interval_of
+
+_ISSUE_FIELDS = ("gaps", "duplicates_dropped", "conflicting_duplicates", "out_of_order", "nan_rows",
+                 "nonpositive_rows", "high_low_violations")  # fmt: skip
+
+
+def check_catalog(catalog_dir: Path) -> pd.DataFrame:
+    store = CatalogStore(Path(catalog_dir))
+    rows = []
+    for bar_type in store.bar_types(price_type=None):
+        kind = "mark" if price_type_to_str(bar_type.spec.price_type) == "MARK" else "ohlcv"
+        frame = store.read_bars_frame(bar_type)
+        report = inspect_ohlcv(frame, interval_of(bar_type), symbol_of(bar_type.instrument_id), kind=kind)
+        rows.append(_row(str(bar_type.instrument_id), kind, interval_of(bar_type), report.to_dict()))
+    for inst in store.instruments():
+        funding = store.read_funding_frame(inst.id)
+        if len(funding):
+            rows.append(_funding_row(str(inst.id), funding))
+    return pd.DataFrame(rows)
+
+
+def _row(instrument: str, kind: str, interval: str, q: dict) -> dict:
+    issues = [f"{k}={q[k]}" for k in _ISSUE_FIELDS if q.get(k)]
+    return {
+        "instrument": instrument, "kind": kind, "interval": interval, "rows": q["rows_in"],
+        "first": q.get("first"), "last": q.get("last"), "gaps": q.get("gaps", 0),
+        "missing_bars": q.get("missing_bars", 0), "largest_gap": q.get("largest_gap"), "issues": " ".join(issues),
+    }  # fmt: skip
+
+
+def _funding_row(instrument: str, funding: pd.DataFrame) -> dict:
+    steps = funding["date"].diff().dropna()
+    gaps = int((steps > pd.Timedelta(hours=8)).sum())
+    return {
+        "instrument": instrument, "kind": "funding", "interval": "8h", "rows": len(funding),
+        "first": funding["date"].min(), "last": funding["date"].max(), "gaps": gaps, "missing_bars": None,
+        "largest_gap": steps.max() if len(steps) else None, "issues": f"gaps={gaps}" if gaps else "",
+    }  # fmt: skip

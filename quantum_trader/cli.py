@@ -1,0 +1,186 @@
+"""`qt`: the one command-line entry point. Each subcommand is a thin shell over a library function."""
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from quantum_trader.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qt", description="Quantum Trader: ML trading on NautilusTrader")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _data_commands(sub.add_parser("data", help="ingest, check, generate and download market data"))
+
+    bt = sub.add_parser("backtest", help="run a backtest from a YAML config")
+    bt.add_argument("config", type=Path)
+    bt.add_argument("--catalog", type=Path, help="override the config's catalog path")
+    bt.add_argument("--out", type=Path, help="report folder (default runs/<name>-<time>)")
+    bt.add_argument("--no-progress", action="store_true")
+    bt.set_defaults(func=cmd_backtest)
+
+    demo = sub.add_parser("demo", help="the main job on generated data: generate, backtest, report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    demo.add_argument("--symbols", type=int, help="override the config's data.symbols")
+    demo.add_argument("--days", type=float, help="override the config's data.days")
+    demo.add_argument("--seed", type=int, help="override the config's data.seed")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _data_commands(data: argparse.ArgumentParser) -> None:
+    sub = data.add_subparsers(dest="data_command", required=True)
+    ing = sub.add_parser("ingest", help="Binance kline zips/CSV, freqtrade data dirs, OHLCV CSV/Parquet")
+    ing.add_argument("paths", nargs="+", type=Path)
+    ing.add_argument("--catalog", type=Path, required=True)
+    ing.add_argument("--market", choices=["futures", "spot"], help="override the market inferred from paths")
+    ing.add_argument("--symbol", help="override the symbol inferred from file names (one-symbol inputs)")
+    ing.add_argument("--interval", help="override the interval inferred from file names")
+    ing.add_argument("--on-conflicting-duplicates", choices=["error", "keep_last"], default="error")
+    ing.add_argument("--on-invalid-rows", choices=["drop", "error"], default="drop")
+    ing.add_argument("--on-high-low", choices=["repair", "drop", "error"], default="repair")
+    ing.add_argument("--workers", type=int, default=2)
+    ing.set_defaults(func=cmd_ingest)
+
+    chk = sub.add_parser("check", help="per-symbol data-quality report of a catalog")
+    chk.add_argument("--catalog", type=Path, required=True)
+    chk.add_argument("--strict", action="store_true", help="exit 1 if any symbol has gaps or issues")
+    chk.set_defaults(func=cmd_check)
+
+    gen = sub.add_parser("generate", help="write a realistic generated market into a catalog")
+    gen.add_argument("--symbols", type=int, default=10)
+    gen.add_argument("--days", type=float, default=30)
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--start", default="2025-01-01")
+    gen.add_argument("--catalog", type=Path, required=True)
+    gen.set_defaults(func=cmd_generate)
+
+    dl = sub.add_parser("download", help="fetch Binance public kline archives (checksums verified)")
+    dl.add_argument("--symbols", nargs="+", required=True)
+    dl.add_argument("--start", required=True)
+    dl.add_argument("--end", required=True)
+    dl.add_argument("--dest", type=Path, required=True)
+    dl.add_argument("--interval", default="5m")
+    dl.add_argument("--market", choices=["futures", "spot"], default="futures")
+    dl.add_argument("--base-url", help="mirror of the public data site (default: Binance's)")
+    dl.set_defaults(func=cmd_download)
+
+
+def cmd_ingest(args) -> int:
+    from catalog.quality import QualityPolicy
+
+    from catalog.ingest import ingest
+
+    policy = QualityPolicy(
+        on_conflicting_duplicates=args.on_conflicting_duplicates,
+        on_invalid_rows=args.on_invalid_rows,
+        on_high_low=args.on_high_low,
+    )
+    overrides = {
+        k: v
+        for k, v in {"market": args.market, "symbol": args.symbol, "interval": args.interval}.items()
+        if v
+    }
+    summary = ingest(args.paths, args.catalog, policy=policy, overrides=overrides, workers=args.workers)
+    _print_table(summary.table())
+    for r in summary.errors:
+        print(f"error: {r.symbol}: {r.error}", file=sys.stderr)
+    rows = sum(r.rows for r in summary.results)
+    print(f"{rows:,} new rows from {len(summary.results)} symbols into {args.catalog}")
+    return 1 if summary.errors else 0
+
+
+def cmd_check(args) -> int:
+    from catalog.check import check_catalog
+
+    table = check_catalog(args.catalog)
+    _print_table(table)
+    issues = table[table["issues"] != ""] if len(table) else table
+    print(f"{len(table)} series checked, {len(issues)} with issues")
+    return 1 if args.strict and len(issues) else 0
+
+
+def cmd_generate(args) -> int:
+    from catalog.ingest import write_generated
+
+    summary = write_generated(args.symbols, args.days, args.seed, args.catalog, start=args.start)
+    print(f"generated {args.symbols} symbols x {args.days:g} days ({sum(r.rows for r in summary.results):,} bars) "
+          f"into {args.catalog}")  # fmt: skip
+    return 0
+
+
+def cmd_download(args) -> int:
+    from catalog.download import DEFAULT_BASE_URL, DownloadError, download_klines
+
+    try:
+        res = download_klines(
+            args.symbols, args.start, args.end, args.dest, interval=args.interval, market=args.market,
+            base_url=args.base_url or DEFAULT_BASE_URL,
+        )  # fmt: skip
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"downloaded {len(res.downloaded)}, already present {len(res.skipped)}, not on server {len(res.missing)}"
+    )
+    return 0
+
+
+def cmd_backtest(args) -> int:
+    from backtests.config import load_backtest_config
+    from backtests.report import write_report
+    from backtests.runner import run_backtest
+
+    cfg = load_backtest_config(args.config)
+    if args.catalog:
+        cfg = cfg.model_copy(update={"catalog": str(args.catalog)})
+    out = args.out or Path("runs") / f"{cfg.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    run = run_backtest(cfg, progress=not args.no_progress)
+    stats = write_report(run, out)
+    _print_stats(stats)
+    print(f"report: {out}/ (stats.json, equity.png, tearsheet.html, per_symbol.csv, orders/fills/positions)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from backtests.demo import run_demo
+
+    run_demo(args.out, args.config, symbols=args.symbols, days=args.days, seed=args.seed)
+    return 0
+
+
+def _print_table(df) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_columns", 30):
+        print(df.to_string(index=False) if len(df) else "(nothing)")
+
+
+def _print_stats(stats: dict) -> None:
+    keys = [
+        "total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "profit_factor",
+        "trades", "fees", "funding", "turnover", "exposure_avg", "liquidations", "bars", "bars_per_second",
+    ]  # fmt: skip
+    for k in keys:
+        v = stats.get(k)
+        print(f"  {k:<16} {v:,.4f}" if isinstance(v, float) else f"  {k:<16} {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: small catalogs built from frames the tests construct, and the path to real data."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog.instruments import make_instrument
+from catalog.store import CatalogStore, bar_type_for
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def real_data_or_skip() -> Path:
+    if not (REAL_DATA / "binance" / "futures").is_dir():
+        pytest.skip(f"real Binance data not found at {REAL_DATA} (only present on the team's machines)")
+    return REAL_DATA
+
+
+def candles(closes, start="2025-01-01", spread=0.001, volume=100.0) -> pd.DataFrame:
+    """5m candles whose open is the previous close; high/low a small spread around the bar."""
+    closes = np.asarray(closes, dtype=float)
+    opens = np.concatenate([[closes[0]], closes[:-1]])
+    return pd.DataFrame(
+        {
+            "date": pd.date_range(start, periods=len(closes), freq="5min", tz="UTC"),
+            "open": opens,
+            "high": np.maximum(opens, closes) * (1 + spread),
+            "low": np.minimum(opens, closes) * (1 - spread),
+            "close": closes,
+            "volume": np.full(len(closes), volume),
+        }
+    )
+
+
+def random_walk(n: int, seed: int, start_price: float = 100.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.round(start_price * np.exp(np.cumsum(rng.normal(0, 0.003, n))), 4)
+
+
+def build_catalog(
+    path: Path, frames: dict[str, pd.DataFrame], funding: dict[str, pd.DataFrame] | None = None
+):
+    store = CatalogStore(path)
+    for symbol, frame in frames.items():
+        inst = make_instrument(symbol, 4, 3)
+        store.write_instrument(inst)
+        store.write_bars(inst, frame, bar_type_for(inst.id, "5m"))
+        if funding and symbol in funding:
+            store.write_funding(inst.id, funding[symbol])
+    return store
+
+
+@pytest.fixture
+def walk_catalog(tmp_path) -> Path:
+    frames = {f"T{i}USDT": candles(random_walk(1500, seed=i)) for i in range(3)}
+    build_catalog(tmp_path / "catalog", frames)
+    return tmp_path / "catalog"

@@ -1,0 +1,33 @@
+"""Tiny strategies whose trades a test can compute by hand."""
+
+from nautilus_trader.model.data import Bar
+from nautilus_trader.model.enums import OrderSide
+
+from strategies.base import QTStrategy, QTStrategyConfig
+
+
+class EnterOnceConfig(QTStrategyConfig, frozen=True):
+    enter_on_bar: int = 3
+    side: str = "BUY"
+    exit_on_bar: int = 0  # 0 = hold to the end
+
+
+class EnterOnce(QTStrategy):
+    """Enters every instrument on its n-th bar and optionally exits on a later bar."""
+
+    def on_strategy_start(self) -> None:
+        self.seen: dict = {}
+        self.decisions: list[
+            tuple[str, int, float]
+        ] = []  # (instrument, bar ts, close) when an order was sent
+
+    def on_bar(self, bar: Bar) -> None:
+        iid = bar.bar_type.instrument_id
+        n = self.seen[iid] = self.seen.get(iid, 0) + 1
+        if n == self.config.enter_on_bar:
+            side = OrderSide.BUY if self.config.side == "BUY" else OrderSide.SELL
+            if self.enter(iid, side, bar.close.as_double()):
+                self.decisions.append((str(iid), bar.ts_event, bar.close.as_double()))
+        elif n == self.config.exit_on_bar:
+            self.exit(iid)
+            self.decisions.append((str(iid), bar.ts_event, bar.close.as_double()))

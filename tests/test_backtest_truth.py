@@ -1,0 +1,161 @@
+"""The backtest tells the truth: fill timing, fees, funding, margin, liquidation and determinism."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backtests.config import parse_backtest_config
+from backtests.report import write_report
+from backtests.runner import run_backtest
+from tests.conftest import build_catalog, candles
+
+ENTER_ONCE = "tests.strategies_for_tests:EnterOnce"
+
+
+def config(catalog, strategy=ENTER_ONCE, strategy_config=None, **venue):
+    return parse_backtest_config(
+        {
+            "catalog": str(catalog),
+            "universe": {"select": "all"},
+            "venue": {"slippage_bps": 0, **venue},
+            "strategies": [{"path": strategy, "config": strategy_config or {}}],
+            "report": {"tearsheet": False},
+        }
+    )
+
+
+def run(cfg, tmp_path, name="run"):
+    result = run_backtest(cfg, progress=False)
+    stats = write_report(result, tmp_path / name)
+    fills = pd.read_csv(tmp_path / name / "fills.csv")
+    return result, stats, fills
+
+
+@pytest.fixture
+def ramp_catalog(tmp_path):
+    """One symbol whose close rises by 1 each bar: 100, 101, 102, ..."""
+    return build_catalog(tmp_path / "ramp", {"RAMPUSDT": candles(100.0 + np.arange(60))}).path
+
+
+def test_an_order_decided_on_a_bars_close_fills_at_the_next_bars_close_by_default(ramp_catalog, tmp_path):
+    result, _, fills = run(config(ramp_catalog, strategy_config={"enter_on_bar": 3}), tmp_path)
+    ((_, decided_ts, decided_close),) = result.strategies[0].decisions
+    assert decided_close == 102.0
+    assert fills["avg_px"].iloc[0] == 103.0
+    assert pd.Timestamp(fills["ts_last"].iloc[0]) == pd.Timestamp(decided_ts, tz="UTC") + pd.Timedelta("5min")
+
+
+def test_bar_close_timing_fills_on_the_deciding_bar(ramp_catalog, tmp_path):
+    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3}, fill_timing="bar_close")
+    _, _, fills = run(cfg, tmp_path)
+    assert fills["avg_px"].iloc[0] == 102.0
+
+
+def test_slippage_moves_market_fills_against_the_taker(ramp_catalog, tmp_path):
+    _, _, fills = run(config(ramp_catalog, strategy_config={"enter_on_bar": 3}, slippage_bps=10), tmp_path)
+    assert fills["avg_px"].iloc[0] == pytest.approx(103.0 * 1.001, abs=1e-4)
+
+
+def test_taker_fees_are_charged_on_every_fill(ramp_catalog, tmp_path):
+    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3, "exit_on_bar": 10, "notional_usd": 1030})
+    _, stats, fills = run(cfg, tmp_path)
+    notional = (fills["filled_qty"] * fills["avg_px"]).sum()
+    assert stats["fees"] == pytest.approx(notional * 0.0005, rel=1e-6)
+    assert stats["trades"] == 1
+
+
+@pytest.mark.parametrize("side, sign", [("BUY", -1.0), ("SELL", +1.0)])
+def test_funding_is_paid_by_longs_and_received_by_shorts_every_8_hours(tmp_path, side, sign):
+    frame = candles(np.full(2 * 288, 100.0), spread=0.0)
+    funding = pd.DataFrame(
+        {"date": pd.date_range("2025-01-01", periods=7, freq="8h", tz="UTC"), "rate": 0.001}
+    )
+    catalog = build_catalog(tmp_path / "flat", {"FLATUSDT": frame}, {"FLATUSDT": funding}).path
+    cfg = config(catalog, strategy_config={"enter_on_bar": 3, "side": side, "notional_usd": 1000})
+    result, stats, fills = run(cfg, tmp_path)
+    opened = pd.Timestamp(fills["ts_last"].iloc[0])
+    last_bar_close = frame["date"].iloc[-1] + pd.Timedelta("5min")
+    due = funding[(funding["date"] > opened) & (funding["date"] <= last_bar_close)]
+    payments = [p.amount for p in result.funding.payments]
+    assert len(due) >= 5
+    assert payments == pytest.approx([sign * 10 * 100.0 * 0.001] * len(due))
+    assert stats["funding"] == pytest.approx(sign * len(due))
+    final_balance = pd.read_csv(tmp_path / "run" / "equity.csv")["balance"].iloc[-1]
+    assert final_balance == pytest.approx(10_000 - stats["fees"] + stats["funding"], abs=1e-6)
+
+
+def test_funding_can_be_switched_off(tmp_path):
+    frame = candles(np.full(288, 100.0), spread=0.0)
+    funding = pd.DataFrame(
+        {"date": pd.date_range("2025-01-01", periods=3, freq="8h", tz="UTC"), "rate": 0.001}
+    )
+    catalog = build_catalog(tmp_path / "flat", {"FLATUSDT": frame}, {"FLATUSDT": funding}).path
+    _, stats, _ = run(config(catalog, funding=False), tmp_path)
+    assert stats["funding"] == 0.0 and stats["funding_payments"] == 0
+
+
+def crash_catalog(tmp_path):
+    """Flat at 100, then down 0.5% a bar to about 70."""
+    path = np.concatenate([np.full(5, 100.0), 100.0 * 0.995 ** np.arange(1, 72)])
+    return build_catalog(tmp_path / "crash", {"CRSHUSDT": candles(np.round(path, 4), spread=0.0)}).path
+
+
+def test_a_position_whose_margin_is_exhausted_is_liquidated_at_its_liquidation_price(tmp_path):
+    cfg = config(
+        crash_catalog(tmp_path), strategy_config={"enter_on_bar": 1, "notional_usd": 1000}, default_leverage=5
+    )
+    _, stats, fills = run(cfg, tmp_path)
+    entry = fills["avg_px"].iloc[0]
+    liq = fills[fills["tags"].astype(str).str.contains("LIQUIDATION")]
+    assert stats["liquidations"] == 1 and len(liq) == 1
+    expected_liq_price = entry * (1 - 1 / 5 + 0.005)
+    assert liq["avg_px"].iloc[0] == pytest.approx(expected_liq_price, rel=0.006)  # within one bar's move
+    margin = 1000 / 5
+    assert stats["realized_pnl"] == pytest.approx(-margin, rel=0.05)  # loses about its margin, not more
+
+
+def test_without_the_liquidation_guard_the_loss_runs_past_the_margin(tmp_path):
+    cfg = config(
+        crash_catalog(tmp_path),
+        strategy_config={"enter_on_bar": 1, "notional_usd": 1000},
+        default_leverage=5,
+        liquidation=False,
+    )
+    _, stats, _ = run(cfg, tmp_path)
+    assert stats["liquidations"] == 0
+    assert stats["final_equity"] - 10_000 < -1000 / 5 * 1.2
+
+
+def test_an_entry_whose_margin_exceeds_the_free_balance_is_refused(ramp_catalog, tmp_path):
+    cfg = config(
+        ramp_catalog, strategy_config={"notional_usd": 100_000}, starting_balance=1000, default_leverage=1
+    )
+    _, stats, fills = run(cfg, tmp_path)
+    assert stats["margin_rejections"] == 1
+    assert len(fills) == 0
+
+
+def test_same_config_gives_the_same_trades_and_a_changed_config_does_not(walk_catalog, tmp_path):
+    ema = "strategies.ema_cross:EmaCross"
+    base = {"fast_period": 5, "slow_period": 20}
+    _, first, _ = run(config(walk_catalog, ema, base, slippage_bps=2), tmp_path, "a")
+    _, second, _ = run(config(walk_catalog, ema, base, slippage_bps=2), tmp_path, "b")
+    _, other, _ = run(config(walk_catalog, ema, base, slippage_bps=5), tmp_path, "c")
+    assert first["trades"] > 10
+    assert first["fingerprint"] == second["fingerprint"]
+    assert first["final_equity"] == second["final_equity"]
+    assert other["fingerprint"] != first["fingerprint"]
+
+
+def test_every_run_writes_the_full_report(walk_catalog, tmp_path):
+    cfg = config(walk_catalog, "strategies.ema_cross:EmaCross", {"fast_period": 5, "slow_period": 20})
+    cfg = cfg.model_copy(update={"report": cfg.report.model_copy(update={"tearsheet": True})})
+    _, stats, _ = run(cfg, tmp_path)
+    out = tmp_path / "run"
+    for name in ["config.yaml", "orders.csv", "fills.csv", "positions.csv", "account.csv", "stats.json",
+                 "equity.png", "tearsheet.html", "per_symbol.csv", "fingerprint.txt", "funding.csv"]:  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    for key in ["total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "profit_factor",
+                "fees", "funding", "turnover", "exposure_avg", "trades", "liquidations"]:  # fmt: skip
+        assert key in stats
+    assert set(pd.read_csv(out / "per_symbol.csv")["symbol"]) == {"T0USDT", "T1USDT", "T2USDT"}

@@ -1,0 +1,106 @@
+"""A bad config fails before any work, naming the field and what was expected."""
+
+import pytest
+
+from backtests.config import build_component_config, load_backtest_config, parse_backtest_config
+from backtests.runner import run_backtest
+from quantum_trader.config import ConfigError
+
+STRATEGY = [{"path": "strategies.ema_cross:EmaCross"}]
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_backtest_config(data, "test.yaml")
+    return str(err.value)
+
+
+def test_an_unknown_field_is_named():
+    msg = error_of({"strategies": STRATEGY, "venue": {"slipage_bps": 3}})
+    assert "venue.slipage_bps" in msg and "unknown field" in msg
+
+
+def test_a_bad_choice_lists_the_allowed_values():
+    msg = error_of({"strategies": STRATEGY, "venue": {"fill_timing": "instant"}})
+    assert (
+        "venue.fill_timing" in msg and "'next_bar_close'" in msg and "'bar_close'" in msg and "instant" in msg
+    )
+
+
+def test_an_out_of_range_number_names_the_field_and_the_bound():
+    msg = error_of({"strategies": STRATEGY, "venue": {"default_leverage": 500}})
+    assert "venue.default_leverage" in msg and "125" in msg
+
+
+def test_a_universe_larger_than_200_is_refused():
+    assert "universe.size" in error_of({"strategies": STRATEGY, "universe": {"size": 201}})
+
+
+def test_at_least_one_strategy_is_required():
+    assert "strategies" in error_of({"strategies": []})
+
+
+def test_a_strategy_that_cannot_be_imported_is_named():
+    msg = error_of({"strategies": [{"path": "strategies.nope:Nothing"}]})
+    assert "strategies.0.path" in msg and "strategies.nope" in msg
+
+
+def test_a_strategy_path_without_a_class_is_explained():
+    assert "module:Class" in error_of({"strategies": [{"path": "strategies.ema_cross"}]})
+
+
+def test_selecting_symbols_needs_a_symbol_list():
+    assert "symbols" in error_of({"strategies": STRATEGY, "universe": {"select": "symbols"}})
+
+
+def test_a_period_that_ends_before_it_starts_is_refused():
+    msg = error_of({"strategies": STRATEGY, "period": {"start": "2025-02-01", "end": "2025-01-01"}})
+    assert "period" in msg and "before" in msg
+
+
+def test_a_strategy_config_field_of_the_wrong_type_is_named():
+    cfg = parse_backtest_config(
+        {"strategies": [{"path": "strategies.ema_cross:EmaCross", "config": {"fast_period": "x"}}]}
+    )
+    with pytest.raises(ConfigError, match=r"strategies\[0\]\.config\.fast_period"):
+        build_component_config(cfg.strategies[0], "strategies[0]")
+
+
+def test_an_unknown_strategy_config_field_lists_the_allowed_ones():
+    cfg = parse_backtest_config(
+        {"strategies": [{"path": "strategies.ema_cross:EmaCross", "config": {"fastt": 3}}]}
+    )
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['fastt'\].*fast_period"):
+        build_component_config(cfg.strategies[0], "strategies[0]")
+
+
+def test_a_missing_file_and_broken_yaml_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_backtest_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategies: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_backtest_config(bad)
+
+
+def test_an_unknown_symbol_in_the_universe_lists_what_the_catalog_has(walk_catalog):
+    cfg = parse_backtest_config(
+        {
+            "catalog": str(walk_catalog),
+            "universe": {"select": "symbols", "symbols": ["NOPEUSDT"]},
+            "strategies": STRATEGY,
+        }
+    )
+    with pytest.raises(ConfigError, match=r"NOPEUSDT.*T0USDT"):
+        run_backtest(cfg, progress=False)
+
+
+def test_every_shipped_backtest_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/backtests/*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_backtest_config(path)
+        for i, comp in enumerate(cfg.strategies):
+            build_component_config(comp, f"strategies[{i}]")

@@ -1,0 +1,90 @@
+"""The catalog stores bars at candle CLOSE, round-trips exactly, and ingest is idempotent."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog.instruments import infer_precision, make_instrument
+from catalog.store import CatalogConflictError, CatalogStore, bar_type_for
+from tests.conftest import candles, random_walk
+
+
+@pytest.fixture
+def store(tmp_path):
+    return CatalogStore(tmp_path / "cat")
+
+
+@pytest.fixture
+def inst():
+    return make_instrument("TESTUSDT", 4, 3)
+
+
+def test_bars_are_stamped_at_the_candle_close(store, inst):
+    frame = candles(random_walk(10, 1))
+    bt = bar_type_for(inst.id, "5m")
+    store.write_instrument(inst)
+    store.write_bars(inst, frame, bt)
+    bars = store.read_bars(bt)
+    assert pd.Timestamp(bars[0].ts_event, tz="UTC") == frame["date"].iloc[0] + pd.Timedelta("5min")
+    assert bars[0].ts_init == bars[0].ts_event
+
+
+def test_frames_round_trip_exactly(store, inst):
+    frame = candles(random_walk(500, 2))
+    bt = bar_type_for(inst.id, "5m")
+    store.write_bars(inst, frame, bt)
+    back = store.read_bars_frame(bt)
+    assert (back["date"] == frame["date"]).all()
+    np.testing.assert_allclose(back[["open", "close", "volume"]], frame[["open", "close", "volume"]].round(4))
+
+
+def test_writing_the_same_rows_twice_changes_nothing(store, inst):
+    frame = candles(random_walk(300, 3))
+    bt = bar_type_for(inst.id, "5m")
+    first = store.write_bars(inst, frame, bt)
+    files = sorted(p.name for p in store.bar_dir(bt).iterdir())
+    again = store.write_bars(inst, frame, bt)
+    assert (first.rows_new, again.rows_new, again.rows_already_present) == (300, 0, 300)
+    assert sorted(p.name for p in store.bar_dir(bt).iterdir()) == files
+
+
+def test_overlapping_writes_merge(store, inst):
+    frame = candles(random_walk(300, 4))
+    bt = bar_type_for(inst.id, "5m")
+    store.write_bars(inst, frame.iloc[:200], bt)
+    result = store.write_bars(inst, frame.iloc[150:], bt)
+    assert (result.rows_new, result.rows_already_present, result.rows_total) == (100, 50, 300)
+    assert len(store.read_bars(bt)) == 300
+
+
+def test_rows_that_contradict_the_catalog_are_refused_not_overwritten(store, inst):
+    frame = candles(random_walk(50, 5))
+    bt = bar_type_for(inst.id, "5m")
+    store.write_bars(inst, frame, bt)
+    changed = frame.copy()
+    changed.loc[10, "close"] += 1
+    with pytest.raises(CatalogConflictError, match="1 rows differ"):
+        store.write_bars(inst, changed, bt)
+    assert store.read_bars_frame(bt)["close"].iloc[10] == pytest.approx(frame["close"].iloc[10])
+
+
+def test_funding_round_trips_and_is_idempotent(store, inst):
+    funding = pd.DataFrame(
+        {"date": pd.date_range("2025-01-01", periods=9, freq="8h", tz="UTC"), "rate": 1e-4}
+    )
+    assert store.write_funding(inst.id, funding).rows_new == 9
+    assert store.write_funding(inst.id, funding).rows_new == 0
+    back = store.read_funding_frame(inst.id)
+    assert back["rate"].tolist() == pytest.approx([1e-4] * 9)
+
+
+def test_instruments_follow_binances_live_adapter(inst):
+    assert str(inst.id) == "TESTUSDT-PERP.BINANCE"
+    assert float(inst.margin_init) == 1 and float(inst.margin_maint) == 1
+    assert float(inst.maker_fee) == 0.0002 and float(inst.taker_fee) == 0.0005
+    assert str(make_instrument("TESTUSDT", 2, 2, "spot").id) == "TESTUSDT.BINANCE"
+
+
+@pytest.mark.parametrize("values, decimals", [([92759.3, 92819.7], 1), ([0.000123, 1.5], 6), ([5.0, 7.0], 0)])
+def test_precision_is_inferred_from_the_data(values, decimals):
+    assert infer_precision(np.array(values)) == decimals
