@@ -90,26 +90,42 @@ def _candidates(u, available: dict) -> list[str]:
 
 
 def _rank_by_quote_volume(store: CatalogStore, bar_types: list, cfg: BacktestConfig):
-    """Rank on the days BEFORE the period starts, so the universe is not chosen with hindsight."""
+    """Rank on the days BEFORE the period starts, so the universe is not chosen with hindsight.
+
+    Symbols with no bars inside the period (listed later, or delisted) are not candidates.
+    """
     u = cfg.universe
     start = pd.Timestamp(cfg.period.start, tz="UTC") if cfg.period.start else None
+    end = pd.Timestamp(cfg.period.end, tz="UTC") if cfg.period.end else None
     scores, in_period = {}, False
     for bt in bar_types:
         df = store.read_bars_frame(bt)
+        if not _trades_during(df["date"], start, end):
+            continue
         window = df[df["date"] < start] if start is not None else df.iloc[0:0]
         window = window[window["date"] >= window["date"].max() - pd.Timedelta(days=u.ranking_days)]
         if window.empty:
             in_period = True
             window = df[df["date"] < df["date"].min() + pd.Timedelta(days=u.ranking_days)]
-        daily = (window["close"] * window["volume"]).sum() / max(u.ranking_days, 1)
-        scores[bt] = daily
-    kept = [bt for bt in bar_types if scores[bt] >= u.min_quote_volume_24h]
+        scores[bt] = (window["close"] * window["volume"]).sum() / u.ranking_days
+    kept = [bt for bt in bar_types if bt in scores and scores[bt] >= u.min_quote_volume_24h]
+    if not kept:
+        raise ConfigError("universe: no symbol of the selection has bars inside the period")
     if u.select not in ("all", "symbols"):
         kept.sort(key=lambda bt: (-scores[bt], str(bt)))
     note = (
         "ranked on the first days of the data (no data before start)" if in_period else "ranked before start"
     )
     return kept, note
+
+
+def _trades_during(dates: pd.Series, start, end) -> bool:
+    inside = dates
+    if start is not None:
+        inside = inside[inside >= start]
+    if end is not None:
+        inside = inside[inside < end]
+    return len(inside) > 0
 
 
 def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, start, end):

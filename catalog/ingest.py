@@ -6,6 +6,7 @@ repaired is counted in the report and in the catalog's manifest.
 """
 
 import logging
+import multiprocessing
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -84,7 +85,10 @@ def ingest(
     results = []
     bar = tqdm(total=len(jobs), desc="ingest", unit="symbol", disable=not progress)
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: Nautilus and Arrow start threads, and forking a threaded process can deadlock.
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             for res in pool.map(_ingest_group, jobs):
                 results.append(res)
                 bar.update()

@@ -1,0 +1,133 @@
+"""Ingest: files of every format end in the catalog once, bad files are reported and lose nothing."""
+
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog.check import check_catalog
+from catalog.ingest import ingest
+from catalog.store import CatalogStore, bar_type_for
+from tests.conftest import candles, random_walk, real_data_or_skip
+
+BINANCE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
+                   "taker_buy_volume", "taker_buy_quote_volume", "ignore"]  # fmt: skip
+
+
+def binance_csv(frame: pd.DataFrame, header: bool, micros: bool = False) -> str:
+    scale = 1_000 if micros else 1
+    open_ms = frame["date"].astype("int64") // 1_000_000 * scale
+    out = pd.DataFrame({
+        "open_time": open_ms, "open": frame["open"], "high": frame["high"], "low": frame["low"],
+        "close": frame["close"], "volume": frame["volume"], "close_time": open_ms + 300_000 * scale - 1,
+        "quote_volume": frame["close"] * frame["volume"], "count": 10, "taker_buy_volume": 1.0,
+        "taker_buy_quote_volume": 1.0, "ignore": 0,
+    })  # fmt: skip
+    return out.to_csv(index=False, header=header)
+
+
+def write_zip(path, csv_name: str, text: str) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(csv_name, text)
+
+
+@pytest.fixture
+def archives(tmp_path):
+    """Two monthly Binance archives for one symbol: the older without header, the newer with µs timestamps."""
+    frame = candles(random_walk(600, 11), start="2025-01-31 00:00")
+    jan, feb = frame[frame["date"] < "2025-02-01"], frame[frame["date"] >= "2025-02-01"]
+    src = tmp_path / "src"
+    src.mkdir()
+    write_zip(src / "ABCUSDT-5m-2025-01.zip", "ABCUSDT-5m-2025-01.csv", binance_csv(jan, header=False))
+    write_zip(
+        src / "ABCUSDT-5m-2025-02.zip", "ABCUSDT-5m-2025-02.csv", binance_csv(feb, header=True, micros=True)
+    )
+    return src, frame
+
+
+def test_binance_archives_land_in_the_catalog_as_close_stamped_bars(archives, tmp_path):
+    src, frame = archives
+    summary = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    assert not summary.errors
+    store = CatalogStore(tmp_path / "cat")
+    bars = store.read_bars(bar_type_for("ABCUSDT-PERP.BINANCE", "5m"))
+    assert len(bars) == len(frame)
+    assert pd.Timestamp(bars[0].ts_event, tz="UTC") == frame["date"].iloc[0] + pd.Timedelta("5min")
+
+
+def test_ingesting_the_same_files_twice_gives_the_same_catalog(archives, tmp_path):
+    src, _ = archives
+    ingest([src], tmp_path / "cat", workers=1, progress=False)
+    files = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "cat" / "data").rglob("*.parquet"))
+    again = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    assert sum(r.rows for r in again.results) == 0
+    assert (
+        sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "cat" / "data").rglob("*.parquet")) == files
+    )
+
+
+def test_a_corrupt_zip_is_reported_and_the_other_symbols_still_ingest(archives, tmp_path):
+    src, frame = archives
+    (src / "BADUSDT-5m-2025-01.zip").write_bytes(b"this is not a zip file")
+    summary = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    assert [r.symbol for r in summary.errors] == ["BADUSDT"]
+    assert "BADUSDT-5m-2025-01.zip" in summary.errors[0].error
+    assert len(CatalogStore(tmp_path / "cat").read_bars(bar_type_for("ABCUSDT-PERP.BINANCE", "5m"))) == len(
+        frame
+    )
+
+
+def test_repairs_drops_and_gaps_are_counted_not_hidden(tmp_path):
+    frame = candles(random_walk(100, 12))
+    frame.loc[10, "high"] = frame.loc[10, "low"] * 0.9  # high < low
+    frame.loc[20, "close"] = np.nan
+    frame = pd.concat([frame.drop(index=range(50, 55)), frame.iloc[[30]]])  # a gap and an exact duplicate
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "QQQUSDT-5m.csv").write_text(frame.to_csv(index=False))
+    summary = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    (q,) = summary.results[0].quality
+    # the dropped NaN row leaves a one-bar gap of its own beside the five removed bars
+    assert (q["repaired"], q["dropped"], q["duplicates_dropped"], q["gaps"], q["missing_bars"]) == (
+        1,
+        1,
+        1,
+        2,
+        6,
+    )
+    assert q["rows_in"] == q["rows_out"] + q["dropped"] + q["duplicates_dropped"]
+    report = check_catalog(tmp_path / "cat")
+    row = report[report["kind"] == "ohlcv"].iloc[0]
+    assert row["gaps"] == 2 and row["missing_bars"] == 6
+
+
+def test_generated_markets_go_through_the_same_path(tmp_path):
+    from catalog.ingest import write_generated
+
+    summary = write_generated(3, 2, seed=1, catalog_dir=tmp_path / "cat", progress=False)
+    assert not summary.errors and summary.results[0].rows > 0
+    store = CatalogStore(tmp_path / "cat")
+    assert len(store.instruments()) == 3
+    assert len(store.read_funding_frame(store.instruments()[0].id)) >= 6
+
+
+def test_the_shared_freqtrade_directory_ingests_unchanged(tmp_path):
+    data = real_data_or_skip()
+    futures = data / "binance" / "futures"
+    files = sorted(futures.glob("BTC_USDT_USDT-*")) + sorted(futures.glob("ETH_USDT_USDT-*"))
+    sub = tmp_path / "futures"
+    sub.mkdir()
+    for f in files:  # a two-symbol slice keeps the test fast; the benchmark ingests all of it
+        (sub / f.name).symlink_to(f)
+    summary = ingest([sub], tmp_path / "cat", workers=2, progress=False)
+    assert not summary.errors
+    store = CatalogStore(tmp_path / "cat")
+    kinds = {(str(bt.instrument_id), str(bt.spec)) for bt in store.bar_types(price_type=None)}
+    assert ("BTCUSDT-PERP.BINANCE", "5-MINUTE-LAST") in kinds and (
+        "BTCUSDT-PERP.BINANCE",
+        "1-HOUR-MARK",
+    ) in kinds
+    assert len(store.read_funding_frame("BTCUSDT-PERP.BINANCE")) > 1000
+    source = pd.read_feather(futures / "BTC_USDT_USDT-5m-futures.feather")
+    assert len(store.read_bars_frame(bar_type_for("BTCUSDT-PERP.BINANCE", "5m"))) == len(source)
