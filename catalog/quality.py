@@ -36,7 +36,8 @@ Reported but never changed:
 
 `ok()` is True when the input needed no change (nothing reordered, dropped, repaired or
 misaligned); gaps alone do not make a report not ok. `inspect_ohlcv` / `inspect_funding` report
-what cleaning would do under the most lenient policy, raise nothing and change nothing.
+what cleaning would do under the most lenient policy (keep_last, drop, repair) and change
+nothing; only an implausible funding rate still raises, since no policy can clean it.
 
 A refused rule raises `DataQualityError`, whose message names the symbol, the rule, the count and
 the first offending timestamps.

@@ -83,9 +83,8 @@ def _data_commands(data: argparse.ArgumentParser) -> None:
 
 
 def cmd_ingest(args) -> int:
-    from catalog.quality import QualityPolicy
-
     from catalog.ingest import ingest
+    from catalog.quality import QualityPolicy
 
     policy = QualityPolicy(
         on_conflicting_duplicates=args.on_conflicting_duplicates,

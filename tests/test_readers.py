@@ -390,6 +390,14 @@ def test_missing_time_column_is_explained(tmp_path):
         read_file(path)
 
 
+def test_headerless_csv_with_iso_dates_uses_the_kline_layout(tmp_path):
+    path = tmp_path / "BTCUSDT-5m.csv"
+    candles(3).assign(date=lambda d: d["date"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(
+        path, index=False, header=False
+    )
+    pd.testing.assert_frame_equal(only(read_file(path)).frame, candles(3))
+
+
 # --------------------------------------------------------------------------- discovery and joining
 
 
