@@ -20,6 +20,7 @@ class DemoData(StrictModel):
 
 class DemoConfig(StrictModel):
     data: DemoData = DemoData()
+    train: str | None = None  # a train config; its models go to <out>/models
     backtests: list[str] = Field(min_length=1)
 
 
@@ -31,12 +32,18 @@ def run_demo(out: Path, config_path: Path = Path("configs/demo.yaml"), **overrid
         import shutil
 
         shutil.rmtree(catalog)  # the demo's catalog is disposable; same seed gives the same market
-    print(f"1/2 generating {data.symbols} symbols x {data.days:g} days of 5m candles (seed {data.seed})")
+    steps = 3 if cfg.train else 2
+    print(
+        f"1/{steps} generating {data.symbols} symbols x {data.days:g} days of 5m candles (seed {data.seed})"
+    )
     write_generated(data.symbols, data.days, data.seed, catalog, start=data.start)
+    registry = out / "models"
+    if cfg.train:
+        _train(cfg.train, catalog, registry, out, steps)
     reports = []
     for i, path in enumerate(cfg.backtests, 1):
-        bt = load_backtest_config(path).model_copy(update={"catalog": str(catalog)})
-        print(f"2/2 backtest {i}/{len(cfg.backtests)}: {bt.name}")
+        bt = _with_paths(load_backtest_config(path), catalog, registry)
+        print(f"{steps}/{steps} backtest {i}/{len(cfg.backtests)}: {bt.name}")
         stats = write_report(run_backtest(bt), out / bt.name)
         print(
             f"    return {stats['total_return']:+.2%}  max drawdown {stats['max_drawdown']:.2%}  "
@@ -45,3 +52,29 @@ def run_demo(out: Path, config_path: Path = Path("configs/demo.yaml"), **overrid
         reports.append(out / bt.name)
     print("reports:\n" + "\n".join(f"  {r}/  (equity.png, tearsheet.html, stats.json)" for r in reports))
     return reports
+
+
+def _train(config_path: str, catalog: Path, registry: Path, out: Path, steps: int) -> None:
+    from ml.train import format_metrics, load_train_config, train
+
+    if registry.exists():
+        import shutil
+
+        shutil.rmtree(registry)  # models of an earlier demo market would not fit this one
+    cfg = load_train_config(config_path).model_copy(
+        update={"catalog": str(catalog), "registry": str(registry)}
+    )
+    print(f"2/{steps} training the ensemble ({', '.join(k for k, m in cfg.models.items() if m.enabled)})")
+    result = train(cfg, out / f"train-{cfg.name}")
+    print(format_metrics(result))
+
+
+def _with_paths(bt, catalog: Path, registry: Path):
+    """The demo's own catalog, and its own registry for strategies that load models."""
+    strategies = [
+        s.model_copy(update={"config": s.config | {"registry": str(registry)}})
+        if "registry" in s.config
+        else s
+        for s in bt.strategies
+    ]
+    return bt.model_copy(update={"catalog": str(catalog), "strategies": strategies})

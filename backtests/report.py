@@ -142,6 +142,20 @@ def plot_equity(equity: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def signal_stats(signals: pd.DataFrame, strategies: list) -> dict:
+    if signals.empty:
+        return {}
+    ensembles = [s.ensemble for s in strategies if getattr(s, "ensemble", None) is not None]
+    return {
+        "signals": len(signals),
+        "signals_by_direction": signals["direction"].value_counts().to_dict(),
+        "signal_confidence_mean": float(signals["confidence"].mean()),
+        "entries": sum(getattr(s, "entries", 0) for s in strategies),
+        "models": [m.model_id for e in ensembles for m in e.members],
+        "models_missing": {k: v for e in ensembles for k, v in e.missing.items()},
+    }
+
+
 def write_report(run: RunArtifacts, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     engine, cfg = run.engine, run.config
@@ -154,6 +168,8 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     for name, frame in [("orders", orders), ("fills", fills), ("positions", positions), ("account", account)]:
         frame.to_csv(out / f"{name}.csv")
     equity.to_csv(out / "equity.csv")
+    signals = run.signals.frame()
+    signals.to_parquet(out / "signals.parquet", index=False)
     funding.to_csv(out / "funding.csv", index=False)
 
     initial = cfg.venue.starting_balance
@@ -168,6 +184,7 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         "funding": float(funding["amount"].sum()) if len(funding) else 0.0,
         "funding_payments": len(funding),
         "margin_rejections": sum(getattr(s, "margin_rejections", 0) for s in run.strategies),
+        **signal_stats(signals, run.strategies),
         "fingerprint": fingerprint(fills),
         "wall_seconds": run.wall_seconds,
         "bars_per_second": run.bars / run.wall_seconds if run.wall_seconds > 0 else None,

@@ -15,14 +15,16 @@ import numpy as np
 import pandas as pd
 from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
 from nautilus_trader.backtest.models import LatencyModel, MakerTakerFeeModel
-from nautilus_trader.config import LoggingConfig, RiskEngineConfig
+from nautilus_trader.config import DataEngineConfig, LoggingConfig, RiskEngineConfig
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.enums import AccountType, OmsType
-from nautilus_trader.model.identifiers import TraderId
+from nautilus_trader.model.identifiers import ClientId, TraderId
 from nautilus_trader.model.instruments import Instrument
 from nautilus_trader.model.objects import Money
 
 from actors.equity_recorder import EquityRecorder, EquityRecorderConfig
+from actors.signal_recorder import SignalRecorder
+from backtests.analyzer_fix import buffer_trade_records
 from backtests.config import MEGACAPS, BacktestConfig, build_component_config, resolve_component
 from backtests.progress import ProgressActor, ProgressActorConfig
 from backtests.simulation import BpsSlippageFillModel, FundingModule
@@ -32,6 +34,7 @@ from quantum_trader.config import ConfigError
 
 log = logging.getLogger(__name__)
 NS = 1_000_000_000
+SIGNALS_CLIENT = ClientId("SIGNALS")
 
 
 @dataclass
@@ -48,11 +51,18 @@ class RunArtifacts:
     universe: Universe
     funding: FundingModule | None
     equity: EquityRecorder
+    signals: SignalRecorder
     strategies: list
     start: pd.Timestamp
     end: pd.Timestamp
     wall_seconds: float
     bars: int
+
+
+def utc(value) -> pd.Timestamp:
+    """A config time as a UTC timestamp: naive times are UTC, zoned ones are converted."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def select_universe(store: CatalogStore, cfg: BacktestConfig) -> Universe:
@@ -95,8 +105,8 @@ def _rank_by_quote_volume(store: CatalogStore, bar_types: list, cfg: BacktestCon
     Symbols with no bars inside the period (listed later, or delisted) are not candidates.
     """
     u = cfg.universe
-    start = pd.Timestamp(cfg.period.start, tz="UTC") if cfg.period.start else None
-    end = pd.Timestamp(cfg.period.end, tz="UTC") if cfg.period.end else None
+    start = utc(cfg.period.start) if cfg.period.start else None
+    end = utc(cfg.period.end) if cfg.period.end else None
     scores, in_period = {}, False
     for bt in bar_types:
         df = store.read_bars_frame(bt)
@@ -134,8 +144,11 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
             trader_id=TraderId("QT-001"),
             logging=LoggingConfig(log_level=cfg.log_level, bypass_logging=cfg.log_level == "ERROR"),
             risk_engine=RiskEngineConfig(bypass=False),
+            # Signals and risk events are published by our components under this client id.
+            data_engine=DataEngineConfig(external_clients=[SIGNALS_CLIENT]),
         )
     )
+    buffer_trade_records(engine.portfolio.analyzer)
     v = cfg.venue
     leverages = {instrument_id(sym, cfg.universe.market): Decimal(str(x)) for sym, x in v.leverage.items()}
     funding = (
@@ -191,12 +204,8 @@ def resolve_period(store: CatalogStore, cfg: BacktestConfig, universe: Universe)
     frames = [store.read_bars_frame(bt)["date"] for bt in universe.bar_types]
     first = min(f.min() for f in frames)
     last = max(f.max() for f in frames)
-    start = pd.Timestamp(cfg.period.start, tz="UTC") if cfg.period.start else first
-    end = (
-        pd.Timestamp(cfg.period.end, tz="UTC")
-        if cfg.period.end
-        else last + pd.Timedelta(cfg.universe.interval)
-    )
+    start = utc(cfg.period.start) if cfg.period.start else first
+    end = utc(cfg.period.end) if cfg.period.end else last + pd.Timedelta(cfg.universe.interval)
     if start >= last:
         raise ConfigError(f"period.start {start} is after the last bar in the catalog ({last})")
     return start, end
@@ -237,6 +246,9 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     strategies = add_components(engine, cfg, universe)
     equity = EquityRecorder(EquityRecorderConfig(interval_minutes=cfg.report.equity_sample_minutes))
     engine.add_actor(equity)
+    signals = SignalRecorder()
+    engine.add_actor(signals)
+    _add_replayed_signals(engine, cfg, start, end)
     if progress:
         engine.add_actor(
             ProgressActor(ProgressActorConfig(start_ns=start.value, end_ns=end.value, bars=bars))
@@ -245,4 +257,19 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     engine.sort_data()
     engine.run(start=start, end=end)
     wall = time.perf_counter() - t0
-    return RunArtifacts(engine, cfg, universe, funding, equity, strategies, start, end, wall, bars)
+    return RunArtifacts(engine, cfg, universe, funding, equity, signals, strategies, start, end, wall, bars)
+
+
+def _add_replayed_signals(engine: BacktestEngine, cfg: BacktestConfig, start, end) -> None:
+    """Strategies with `signal_source: catalog` trade Signal events stored in the catalog (ml/research.py)."""
+    if not any(c.config.get("signal_source") == "catalog" for c in cfg.strategies):
+        return
+    from ml.research import read_signals
+
+    signals = read_signals(cfg.catalog, start, end)
+    if not signals:
+        raise ConfigError(
+            f"signal_source: catalog, but {cfg.catalog} holds no Signal events between {start} and {end}; "
+            "write them first with `qt signals` (ml/research.py)"
+        )
+    engine.add_data(signals, client_id=SIGNALS_CLIENT, sort=False)

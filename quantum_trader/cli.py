@@ -9,6 +9,8 @@ from pathlib import Path
 from quantum_trader.config import ConfigError
 
 EXIT_USAGE = 2
+# Errors that explain themselves (bad models, no models, suspected leakage): a message, not a traceback.
+_REPORTED_ERRORS = {"ModelLoadError", "EnsembleError", "LeakageSuspected", "RegistryError"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:
+        if type(err).__name__ not in _REPORTED_ERRORS:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE if type(err).__name__ != "LeakageSuspected" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", type=Path, help="report folder (default runs/<name>-<time>)")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=cmd_backtest)
+
+    tr = sub.add_parser("train", help="train the configured models, print metrics, register them")
+    tr.add_argument("config", type=Path)
+    tr.add_argument("--catalog", type=Path, help="override the config's catalog path")
+    tr.add_argument("--registry", type=Path, help="override the config's registry folder")
+    tr.add_argument("--out", type=Path, help="report folder (default runs/train-<name>-<time>)")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    wf = sub.add_parser("walkforward", help="retrain on a rolling window, trade each unseen window, stitch")
+    wf.add_argument("config", type=Path)
+    wf.add_argument("--catalog", type=Path, help="override the config's catalog path")
+    wf.add_argument("--out", type=Path, help="report folder (default runs/walkforward-<name>-<time>)")
+    wf.add_argument("--no-progress", action="store_true")
+    wf.set_defaults(func=cmd_walkforward)
+
+    from quantum_trader.cli_models import add_models_commands
+
+    add_models_commands(sub)
 
     demo = sub.add_parser("demo", help="the main job on generated data: generate, backtest, report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -154,6 +180,33 @@ def cmd_backtest(args) -> int:
     stats = write_report(run, out)
     _print_stats(stats)
     print(f"report: {out}/ (stats.json, equity.png, tearsheet.html, per_symbol.csv, orders/fills/positions)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ml.train import format_metrics, load_train_config, train
+
+    cfg = load_train_config(args.config)
+    overrides = {k: str(v) for k, v in (("catalog", args.catalog), ("registry", args.registry)) if v}
+    cfg = cfg.model_copy(update=overrides)
+    out = args.out or Path("runs") / f"train-{cfg.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    result = train(cfg, out, progress=not args.no_progress)
+    print(format_metrics(result))
+    print(f"models: {result.model_ids}" + (" (promoted to production)" if cfg.promote else ""))
+    print(f"report: {out}/ (metrics.csv, metrics.json, predictions.png)")
+    return 0
+
+
+def cmd_walkforward(args) -> int:
+    from backtests.walkforward import format_summary, load_walkforward_config, run_walkforward
+
+    cfg = load_walkforward_config(args.config)
+    if args.catalog:
+        cfg = cfg.model_copy(update={"catalog": str(args.catalog)})
+    out = args.out or Path("runs") / f"walkforward-{cfg.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    result = run_walkforward(cfg, out, progress=not args.no_progress)
+    print(format_summary(result.summary))
+    print(f"report: {out}/ (windows.csv, summary.json, equity.png, fold-NN/ with each fold's reports)")
     return 0
 
 

@@ -88,12 +88,18 @@ class QTStrategy(Strategy):
         qty = instrument.make_qty(notional / price)
         if qty.as_double() <= 0:
             return False
-        required = qty.as_double() * price / self.leverage(instrument_id)
+        if not self.margin_available(instrument_id, qty.as_double() * price):
+            return False
+        self.submit_order(self.order_factory.market(instrument_id, side, qty))
+        return True
+
+    def margin_available(self, instrument_id: InstrumentId, notional: float) -> bool:
+        """The initial margin of `notional` fits the free balance; a refusal is counted and logged."""
+        required = notional / self.leverage(instrument_id)
         if required > self.free_margin(instrument_id):
             self.margin_rejections += 1
             self.log.warning(f"Entry refused for {instrument_id}: margin {required:.2f} exceeds free balance")
             return False
-        self.submit_order(self.order_factory.market(instrument_id, side, qty))
         return True
 
     def exit(self, instrument_id: InstrumentId) -> None:

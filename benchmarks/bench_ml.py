@@ -1,0 +1,149 @@
+"""The ensemble's costs on the research set (100 spot symbols x 90 days, about 2.6M bars).
+
+1. Training time of each model on a seed-sized set (54k train / 12k validation rows, 49 features), with
+   the best validation loss beside a longer run of the same model (--long) and the zero-forecast loss.
+2. Inference: microseconds per symbol for one batch of 100 symbols, per model and for the ensemble.
+3. Backtest: the EnsembleStrategy vs the empty strategy on the same catalog in the same run: wall time,
+   bars/s, their ratio (target <= 1.5), and peak memory (target <= 4 GB).
+
+Prints figures; asserts nothing. `--symbols/--days` shrink it for a quick look.
+"""
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import write_research_set
+
+from backtests.config import parse_backtest_config
+from backtests.runner import run_backtest
+from catalog.ingest import ingest
+from ml.ensemble import load_ensemble
+from ml.train import KINDS, TrainConfig, build_splits, make_model, train
+
+LONGER = {
+    "xgboost": {},
+    "lightgbm": {},
+    "nhits": {"max_epochs": 60, "patience": 8},
+    "patchtst": {"max_epochs": 40, "patience": 6},
+}
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def train_config(catalog: Path, registry: Path, train_days: int) -> TrainConfig:
+    return TrainConfig.model_validate(
+        {
+            "catalog": str(catalog),
+            "universe": {"select": "all", "market": "spot"},
+            "period": {"end": None},
+            "dataset": {"max_train_rows": 54_000, "max_eval_rows": 12_000},
+            "registry": str(registry),
+        }
+    )
+
+
+def bench_training(cfg: TrainConfig, out: Path, long: bool) -> None:
+    result = train(cfg, out, progress=False)
+    splits = result.splits
+    zero = float(np.mean(splits.validation.labels**2))
+    print(
+        f"train: {len(splits.train):,} train / {len(splits.validation):,} validation rows, zero-forecast val MSE {zero:.4e}"
+    )
+    total = 0.0
+    from ml.registry import ModelRegistry
+
+    registry = ModelRegistry(cfg.registry)
+    for kind in KINDS:
+        meta = registry.show(result.model_ids[kind])
+        seconds, val = meta["training"]["seconds"], min(meta["training"]["val_loss"])
+        total += seconds
+        line = f"train {kind:<9}: {seconds:7.1f} s, best val loss {val:.4e} (scaled units for the nets)"
+        if long and LONGER[kind]:
+            model = make_model(kind, LONGER[kind], cfg)
+            rep = model.fit(splits.train, splits.validation)
+            line += f"; longer run {rep.seconds:.0f} s, best val loss {min(rep.val_loss):.4e}"
+        print(line, flush=True)
+    print(
+        f"train: all four {total:.0f} s (target <= 300 s on 2 cores); users' system: 2.5 s / 37 s / ~20 min / ~25 min"
+    )
+    for kind in KINDS:
+        m = result.metrics[kind]["test"]
+        print(
+            f"test {kind:<9}: rank IC {m['rank_ic']:+.4f}, directional accuracy {m['directional_accuracy']:.4f}"
+        )
+
+
+def bench_inference(registry: Path, splits, symbols: int = 100, repeats: int = 50) -> None:
+    ensemble = load_ensemble(str(registry), [f"{k}:production" for k in KINDS], {k: 1.0 for k in KINDS})
+    windows = splits.test.windows(np.arange(symbols), ensemble.lookback)
+    for member in ensemble.members:
+        member.model.predict(windows)  # warm up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            member.model.predict(windows)
+        per = (time.perf_counter() - t0) / repeats / symbols * 1e6
+        print(f"inference {member.kind:<9}: {per:8.1f} µs per symbol (batch of {symbols})")
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        ensemble.vote(windows)
+    per = (time.perf_counter() - t0) / repeats / symbols * 1e6
+    print(f"inference ensemble : {per:8.1f} µs per symbol (batch of {symbols}, all four models + vote)")
+
+
+def bench_backtest(catalog: Path, registry: Path) -> None:
+    walls = {}
+    for name, path, conf in [
+        ("empty", "strategies.empty:Empty", {}),
+        ("ensemble", "strategies.ensemble:EnsembleStrategy", {"registry": str(registry), "notional_usd": 50}),
+    ]:
+        cfg = parse_backtest_config(
+            {
+                "catalog": str(catalog),
+                "universe": {"select": "all", "market": "spot"},
+                "venue": {"starting_balance": 100_000, "default_leverage": 1},
+                "strategies": [{"path": path, "config": conf}],
+                "report": {"tearsheet": False},
+            }
+        )
+        run = run_backtest(cfg, progress=False)
+        walls[name] = run.wall_seconds
+        extra = f", {len(run.signals):,} signals" if name == "ensemble" else ""
+        print(
+            f"backtest {name:<8}: {run.bars:,} bars, run {run.wall_seconds:.1f} s = {run.bars / run.wall_seconds:,.0f} bars/s"
+            f"{extra}, peak RSS so far {peak_gib():.2f} GiB",
+            flush=True,
+        )
+        del run
+    print(
+        f"backtest: ensemble / empty wall-time ratio {walls['ensemble'] / walls['empty']:.2f} (target <= 1.5)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--symbols", type=int, default=100)
+    ap.add_argument("--days", type=int, default=90)
+    ap.add_argument("--long", action="store_true", help="also train longer runs of the nets to compare")
+    ap.add_argument("--skip-backtest", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="qt-bench-ml-"))
+    write_research_set(tmp / "src", args.symbols, args.days)
+    ingest([tmp / "src"], tmp / "catalog", progress=False)
+    cfg = train_config(tmp / "catalog", tmp / "models", args.days)
+    bench_training(cfg, tmp / "train", args.long)
+    splits, _ = build_splits(cfg)
+    bench_inference(tmp / "models", splits, min(100, args.symbols * 10))
+    if not args.skip_backtest:
+        bench_backtest(tmp / "catalog", tmp / "models")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Forecast metrics, the naive baselines beside them, and the leakage alarm.
+
+Every metric is reported next to two baselines that need no model: `zero` (predict no move) and `last`
+(predict that the last horizon's return repeats, i.e. momentum). Five-minute crypto returns are close to
+unpredictable, so an honest model beats them by a little. A model that beats them by a lot has almost
+certainly seen the future: `check_leakage` fails loudly instead of letting such a number be celebrated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("rmse", "mae", "r2", "directional_accuracy", "rank_ic")
+
+# Beyond these, a 5-minute return forecast is not skill but leakage (a label in the inputs, a shifted
+# timestamp, a split without purge). Honest models on this data sit near r2 0.00-0.02, accuracy 0.50-0.55.
+LEAKAGE_LIMITS = {"r2": 0.30, "directional_accuracy": 0.70, "rank_ic": 0.50}
+
+
+class LeakageSuspected(RuntimeError):
+    """A metric far too good to be true for this problem."""
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3:
+        return float("nan")
+    ra = pd.Series(a).rank().to_numpy()
+    rb = pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def regression_metrics(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    pred = np.asarray(pred, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    err = pred - actual
+    ss_tot = float(((actual - actual.mean()) ** 2).sum())
+    moved = actual != 0
+    return {
+        "rmse": float(np.sqrt((err**2).mean())),
+        "mae": float(np.abs(err).mean()),
+        "r2": 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else 0.0,
+        # Only bars that moved count: a flat label has no direction to get right.
+        "directional_accuracy": float((np.sign(pred[moved]) == np.sign(actual[moved])).mean())
+        if moved.any()
+        else float("nan"),
+        "rank_ic": spearman(pred, actual),
+    }
+
+
+def baselines(last_return: np.ndarray, actual: np.ndarray) -> dict[str, dict[str, float]]:
+    """`zero`: no move. `last`: the return of the previous `horizon` bars, repeated (momentum)."""
+    zero = regression_metrics(np.zeros_like(actual, dtype=np.float64), actual)
+    zero["directional_accuracy"] = 0.5  # no direction at all: a coin flip, not 0
+    zero["rank_ic"] = 0.0
+    return {"zero": zero, "last": regression_metrics(last_return, actual)}
+
+
+def ic_by_symbol(
+    pred: np.ndarray, actual: np.ndarray, symbol_idx: np.ndarray, symbols: list[str]
+) -> pd.Series:
+    out = {}
+    for i, name in enumerate(symbols):
+        mask = symbol_idx == i
+        if mask.sum() >= 3:
+            out[name] = spearman(pred[mask], actual[mask])
+    return pd.Series(out, name="rank_ic", dtype=float)
+
+
+def check_leakage(name: str, split: str, metrics: dict[str, float], n: int) -> None:
+    """Raise LeakageSuspected when a metric is beyond what this problem allows (ignored on tiny sets)."""
+    if n < 500:
+        return
+    bad = [
+        f"{key} {metrics[key]:.3f} > {limit}"
+        for key, limit in LEAKAGE_LIMITS.items()
+        if np.isfinite(metrics.get(key, np.nan)) and metrics[key] > limit
+    ]
+    if bad:
+        raise LeakageSuspected(
+            f"{name} on {split}: {', '.join(bad)}. That is not skill on 5-minute returns; look for "
+            "look-ahead in the features, labels in the inputs, shifted timestamps or a split without purge."
+        )
+
+
+def metrics_table(results: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
+    """{model: {split: metrics}} -> a frame indexed by (model, split) with the METRICS as columns."""
+    rows = {(m, s): vals for m, splits in results.items() for s, vals in splits.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")[list(METRICS)]

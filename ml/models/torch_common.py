@@ -1,0 +1,417 @@
+"""Shared torch plumbing for the sequence forecasters (N-HiTS, PatchTST): device, scaling, training, I/O.
+
+Every network here maps a window of *scaled* feature rows, shape (batch, lookback, channels), to the
+*scaled* horizon path of cumulative forward log returns, shape (batch, horizon): step j is
+ln(close[t+j] / close[t]) / target_scale. It is trained on the whole path (more signal per window than the
+label alone); the forecast is the last step, which is the label, times `target_scale`.
+
+Scaling is fitted on the training set only and saved with the weights:
+  * features: per-feature mean/std over the training anchors' own rows; standardized values are clipped
+    to +-CLIP and non-finite values become 0, so one outlier bar cannot blow up a window;
+  * target: the standard deviation of the training labels (losses are then ~1 for a zero forecast).
+
+Training: AdamW on shuffled mini-batches (numpy rng seeded by `seed`), MSE or Huber loss on the scaled path,
+gradient-norm clipping, early stopping on the validation loss with `patience`, best weights restored,
+bounded by `max_epochs` and an optional `max_seconds` budget. The validation loss is the MSE of the
+scaled *label* (the quantity that is traded on), so the zero forecast scores mean((y/target_scale)^2),
+about 1. Both networks' output layers are zero-initialised, so training starts from the zero forecast; it
+counts as epoch 0 for early stopping, and `best_iteration == 0` means that no epoch beat it on validation
+(the model then forecasts 0, rather than something worse than 0). Torch's global RNG state is forked during a fit, so seeding does not leak into the caller.
+
+Determinism: on CPU two fits with the same seed and thread count give the same weights. On CUDA some
+kernels are not bit-reproducible; `torch.use_deterministic_algorithms` is not switched on because it is
+process-global state (and on CUDA demands a cuBLAS workspace setting).
+
+Files: ``model.pt`` (a state_dict, read back with ``weights_only=True``) and ``model.json`` (kind,
+hyper-parameters, scaler arrays, target scale, feature names). No pickled Python objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml.dataset import WindowSet
+from ml.features import FEATURE_NAMES, N_FEATURES
+from ml.models.base import FitReport, ForecastModel, ModelLoadError, Progress
+
+CLIP = 10.0  # standardized feature values beyond this are clipped
+WEIGHTS_FILE = "model.pt"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+PREDICT_CHUNK = 4096  # windows per forward pass at inference: bounds memory, not results
+PAD_ROWS = 16  # inference batches are padded to a multiple of this (see TorchForecaster._forward)
+DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("mse", "huber")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU. Asking for CUDA without one is an error, not a fallback."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def feature_indices(names: list[str] | tuple[str, ...]) -> list[int]:
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown feature names {unknown}; known: {list(FEATURE_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"feature names repeat: {list(names)}")
+    return [FEATURE_NAMES.index(n) for n in names]
+
+
+class FeatureScaler:
+    """Standardize-then-clip of the raw feature columns a model reads (fitted on training rows only)."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, columns: list[int]):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+        self.columns = list(columns)
+        # float32 copies of the selected columns: the transform runs on every batch
+        self._mu = self.mean[self.columns].astype(np.float32)
+        self._sd = self.std[self.columns].astype(np.float32)
+
+    @classmethod
+    def fit(cls, ws: WindowSet, columns: list[int]) -> FeatureScaler:
+        rows = ws.tabular().astype(np.float64)
+        rows[~np.isfinite(rows)] = np.nan
+        with warnings.catch_warnings():  # an all-NaN column warns; it gets the neutral scale below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(rows, axis=0) if len(rows) else np.zeros(N_FEATURES)
+            std = np.nanstd(rows, axis=0) if len(rows) else np.ones(N_FEATURES)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        # a constant (or all-NaN) feature keeps unit scale instead of dividing by zero
+        std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+        return cls(mean, std, columns)
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """(..., N_FEATURES) raw -> (..., len(columns)) float32 standardized, clipped, finite."""
+        x = (raw[..., self.columns].astype(np.float32, copy=False) - self._mu) / self._sd
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
+        return np.clip(x, -CLIP, CLIP, out=x)
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+def target_scale(labels: np.ndarray) -> float:
+    s = float(np.std(labels[np.isfinite(labels)])) if len(labels) else 0.0
+    return s if math.isfinite(s) and s > 1e-12 else 1.0
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Seed torch inside a forked RNG state, so a fit is reproducible without touching the caller's RNG."""
+    devices = []
+    if device.type == "cuda":  # only touch CUDA when it is used: current_device() initialises it
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class TorchForecaster(ForecastModel):
+    """fit/predict/save/load for a network that maps scaled windows to the scaled horizon path.
+
+    Subclasses give `kind`, the feature columns they read (`input_features`), their architecture
+    hyper-parameters (`arch_params`) and `build_net()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 256,
+        max_epochs: int = 30,
+        patience: int = 5,
+        max_seconds: float | None = None,
+        loss: str = "mse",
+        grad_clip: float | None = 1.0,
+        device: str = "auto",
+        seed: int = 42,
+        horizon: int = 12,
+        lookback: int = 64,
+    ):
+        _positive(batch_size=batch_size, max_epochs=max_epochs, patience=patience, horizon=horizon)
+        _positive(lookback=lookback, learning_rate=learning_rate)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+        self.learning_rate = float(learning_rate)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = int(batch_size)
+        self.max_epochs = int(max_epochs)
+        self.patience = int(patience)
+        self.max_seconds = None if max_seconds is None else float(max_seconds)
+        self.loss = loss
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.device = device
+        self.seed = int(seed)
+        self.horizon = int(horizon)
+        self.lookback = int(lookback)
+        self.net: nn.Module | None = None
+        self.scaler: FeatureScaler | None = None
+        self.target_scale = 1.0
+
+    # -- what a subclass supplies ------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def input_features(self) -> list[str]:
+        """Feature names the network reads, in channel order."""
+
+    @abstractmethod
+    def arch_params(self) -> dict:
+        """Architecture hyper-parameters (JSON-able), also the subclass's constructor keywords."""
+
+    @abstractmethod
+    def build_net(self) -> nn.Module:
+        """A fresh network: (batch, lookback, len(input_features)) -> (batch, horizon)."""
+
+    def params(self) -> dict:
+        return {
+            **self.arch_params(),
+            "learning_rate": self.learning_rate,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "max_seconds": self.max_seconds,
+            "loss": self.loss,
+            "grad_clip": self.grad_clip,
+            "device": self.device,
+            "seed": self.seed,
+            "horizon": self.horizon,
+            "lookback": self.lookback,
+        }
+
+    # -- fit ---------------------------------------------------------------------------------------
+
+    def fit(self, train: WindowSet, val: WindowSet, progress: Progress = None) -> FitReport:
+        start = time.perf_counter()
+        self._check_dataset(train, "train")
+        self._check_dataset(val, "validation")
+        device = resolve_device(self.device)
+        self.scaler = FeatureScaler.fit(train, feature_indices(self.input_features))
+        self.target_scale = target_scale(train.labels)
+        train_s = self._scaled(train)
+        # splits of one pool share the flat feature array: scale it once
+        shared = val.features is train.features
+        val_s = _with_features(val, train_s.features) if shared else self._scaled(val)
+        with seeded(self.seed, device):
+            self.net = self.build_net().to(device)
+            report = self._train(train_s, val_s, device, progress, start)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _train(self, train: WindowSet, val: WindowSet, device, progress: Progress, start) -> FitReport:
+        net = self.net
+        opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        loss_fn = nn.MSELoss() if self.loss == "mse" else nn.HuberLoss(delta=1.0)
+        rng = np.random.default_rng(self.seed)
+        deadline = None if self.max_seconds is None else start + self.max_seconds
+        zero_loss = float(np.mean((val.labels / self.target_scale) ** 2))
+        report = FitReport(best_iteration=0, device=str(device))
+        # networks start from an exactly-zero forecast (zero-initialised output layer), and that start
+        # is "epoch 0" for early stopping: a fit that only learns noise falls back to the zero forecast
+        best, best_state, stale = self._label_mse(val, device), _clone_state(net), 0
+        for epoch in range(1, self.max_epochs + 1):
+            train_loss, out_of_time = self._train_epoch(train, opt, loss_fn, rng, device, deadline)
+            val_loss = self._label_mse(val, device)
+            report.train_loss.append(train_loss)
+            report.val_loss.append(val_loss)
+            if val_loss < best - 1e-9:
+                best, best_state, stale = val_loss, _clone_state(net), 0
+                report.best_iteration = epoch
+            else:
+                stale += 1
+            if progress is not None:
+                msg = f"epoch {epoch}: train loss {train_loss:.5f}, val loss {val_loss:.5f} (zero {zero_loss:.5f})"
+                progress(epoch, self.max_epochs, msg)
+            if stale >= self.patience or out_of_time:
+                break
+        net.load_state_dict(best_state)
+        net.eval()
+        return report
+
+    def _train_epoch(self, ws: WindowSet, opt, loss_fn, rng, device, deadline) -> tuple[float, bool]:
+        """One shuffled pass; returns the mean batch loss and whether the time budget ran out."""
+        net = self.net
+        net.train()
+        total, seen = torch.zeros((), device=device), 0
+        for xb, _, idx in ws.batches(self.batch_size, self.lookback, rng):
+            x = torch.from_numpy(xb).to(device)
+            y = torch.from_numpy((ws.paths(idx) / self.target_scale).astype(np.float32)).to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            opt.step()
+            # accumulate on the device: .item() per step would synchronise CUDA every batch
+            total += loss.detach() * len(idx)
+            seen += len(idx)
+            if deadline is not None and time.perf_counter() > deadline:
+                return float(total) / seen, True
+        return float(total) / max(seen, 1), False
+
+    def _label_mse(self, ws: WindowSet, device) -> float:
+        """MSE of the scaled label on an already scaled set (the early-stopping criterion)."""
+        preds = [self._forward(xb, device) for xb, _, _ in ws.batches(PREDICT_CHUNK, self.lookback)]
+        pred = np.concatenate(preds) if preds else np.empty(0)
+        return float(np.mean((pred - ws.labels / self.target_scale) ** 2))
+
+    def _forward(self, x_scaled: np.ndarray, device) -> np.ndarray:
+        """Scaled windows -> the scaled label forecast (last path step), float64."""
+        n = len(x_scaled)
+        # MKL switches to other kernels (another summation order) for matrices of a few rows; padding
+        # the batch to a multiple of PAD_ROWS keeps a window's forecast independent of its batch
+        pad = (-n) % PAD_ROWS
+        if pad:
+            x_scaled = np.concatenate([x_scaled, np.zeros((pad, *x_scaled.shape[1:]), x_scaled.dtype)])
+        self.net.eval()
+        with torch.inference_mode():
+            out = self.net(torch.from_numpy(np.ascontiguousarray(x_scaled)).to(device))
+        return out[:n, -1].double().cpu().numpy()
+
+    def _scaled(self, ws: WindowSet) -> WindowSet:
+        """The same anchors over scaled feature columns, so batches come out ready for the network."""
+        return _with_features(ws, self.scaler.transform(ws.features))
+
+    def _check_dataset(self, ws: WindowSet, name: str) -> None:
+        if len(ws) == 0:
+            raise ValueError(f"{self.kind}: the {name} set is empty")
+        if ws.horizon != self.horizon:
+            raise ValueError(
+                f"{self.kind}: model horizon is {self.horizon} but the {name} set's is {ws.horizon}"
+            )
+        if ws.features.ndim != 2 or ws.features.shape[1] != N_FEATURES:
+            raise ValueError(f"{self.kind}: {name} features must be (rows, {N_FEATURES})")
+        if int(ws.rows.min()) < self.lookback - 1:
+            raise ValueError(
+                f"{self.kind}: {name} anchors start before lookback {self.lookback} rows of history "
+                "(pool the dataset with at least the model's lookback)"
+            )
+
+    # -- predict -----------------------------------------------------------------------------------
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        if self.net is None or self.scaler is None:
+            raise RuntimeError(f"{self.kind}: predict called before fit or load")
+        windows = np.asarray(windows)
+        if windows.ndim != 3 or windows.shape[2] != N_FEATURES:
+            raise ValueError(
+                f"{self.kind}: windows must be (batch, length, {N_FEATURES}), got shape {windows.shape}"
+            )
+        if windows.shape[1] < self.lookback:
+            raise ValueError(
+                f"{self.kind}: windows have {windows.shape[1]} rows, the model needs at least "
+                f"lookback={self.lookback}"
+            )
+        device = next(self.net.parameters()).device
+        out = np.empty(len(windows), dtype=np.float64)
+        for s in range(0, len(windows), PREDICT_CHUNK):
+            x = self.scaler.transform(windows[s : s + PREDICT_CHUNK, -self.lookback :])
+            out[s : s + PREDICT_CHUNK] = self._forward(x, device)
+        return out * self.target_scale
+
+    # -- save / load -------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> list[str]:
+        if self.net is None or self.scaler is None:
+            raise RuntimeError(f"{self.kind}: nothing to save, the model is not fitted")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        torch.save(state, directory / WEIGHTS_FILE)
+        meta = {
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "params": self.params(),
+            "feature_names": list(FEATURE_NAMES),
+            "input_features": list(self.input_features),
+            "scaler": self.scaler.to_json(),
+            "target_scale": self.target_scale,
+            "lookback": self.lookback,
+            "horizon": self.horizon,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        return [WEIGHTS_FILE, META_FILE]
+
+    @classmethod
+    def load(cls, directory: Path) -> TorchForecaster:
+        directory = Path(directory)
+        meta = _read_meta(directory / META_FILE, cls.kind)
+        try:
+            model = cls(**meta["params"])
+            model.scaler = FeatureScaler(
+                meta["scaler"]["mean"], meta["scaler"]["std"], feature_indices(model.input_features)
+            )
+            model.target_scale = float(meta["target_scale"])
+            device = resolve_device(model.device)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"{META_FILE} in {directory}: invalid content ({e})") from e
+        model.net = _read_weights(directory / WEIGHTS_FILE, model.build_net(), device)
+        return model
+
+
+def _read_meta(path: Path, kind: str) -> dict:
+    if not path.is_file():
+        raise ModelLoadError(f"{path.name} missing in {path.parent}")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path.name} in {path.parent} is corrupt: {e}") from e
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else None
+        raise ModelLoadError(f"{path.name} in {path.parent}: expected a {kind!r} model, found {found!r}")
+    if meta.get("feature_names") != list(FEATURE_NAMES):
+        raise ModelLoadError(f"{path.name} in {path.parent}: trained on a different feature set")
+    return meta
+
+
+def _read_weights(path: Path, net: nn.Module, device: torch.device) -> nn.Module:
+    if not path.is_file():
+        raise ModelLoadError(f"{path.name} missing in {path.parent}")
+    try:
+        # weights_only: a state_dict is tensors only; anything else in the file is refused, never run
+        state = torch.load(path, weights_only=True, map_location=device)
+        net.load_state_dict(state)
+    except Exception as e:  # torch raises many types for a bad archive; all mean the same here
+        raise ModelLoadError(f"{path.name} in {path.parent} is corrupt or does not fit the model: {e}") from e
+    return net.to(device).eval()
+
+
+def _with_features(ws: WindowSet, features: np.ndarray) -> WindowSet:
+    return WindowSet(
+        features, ws.log_close, ws.rows, ws.symbol_idx, ws.times, ws.labels, ws.horizon, ws.symbols
+    )
+
+
+def _clone_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _positive(**values: Any) -> None:
+    for name, v in values.items():
+        if not v > 0:
+            raise ValueError(f"{name} must be positive, got {v}")

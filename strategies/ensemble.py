@@ -1,0 +1,227 @@
+"""EnsembleStrategy: online features -> one batched ensemble vote per timestamp -> Signal events -> trades.
+
+Batching: bars of many symbols close at the same time. Each bar is buffered; the first bar of a timestamp
+sets a time alert `batch_delay_ms` after the close, and when it fires every symbol whose bar closed then is
+advanced in the online feature evaluator and scored in ONE call per model. In a backtest the alert fires
+after all bars of that timestamp were processed (the engine runs timers due before the next data point);
+live it gives the websocket a moment to deliver every symbol's kline. Same code in both.
+
+Every scored bar becomes a `Signal` (see quantum_trader/events.py) published on the bus, traded or not.
+Entry: confidence >= `entry_threshold`, direction not FLAT, symbol flat and out of cooldown, margin free.
+Exits, until the Exit Brain replaces them: a reduce-only stop-market `stop_atr` ATRs away and a
+take-profit limit `take_profit_atr` ATRs away, both resting at the venue as a bracket (one cancels the
+other). Fills follow the venue's fill timing (README: an order sent at the batch time fills on the next
+bar's close with the default `next_bar_close`).
+"""
+
+import msgspec
+import numpy as np
+import pandas as pd
+from nautilus_trader.core.data import Data
+from nautilus_trader.model.data import Bar, DataType
+from nautilus_trader.model.enums import OrderSide, OrderType, PositionSide
+from nautilus_trader.model.events import PositionClosed
+from nautilus_trader.model.identifiers import ClientId, InstrumentId
+
+from ml.ensemble import DEFAULT_WEIGHTS, LONG, SHORT, Ensemble, load_ensemble
+from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, N_FEATURES, OnlineFeatures
+from quantum_trader.events import DIRECTIONS, Signal
+from strategies.base import QTStrategy, QTStrategyConfig
+
+SIGNALS_CLIENT = ClientId("SIGNALS")
+_ATR = FEATURE_NAMES.index("atr_14")
+_DIRECTION_NAME = {1: "LONG", 0: "FLAT", -1: "SHORT"}
+assert set(_DIRECTION_NAME.values()) == set(DIRECTIONS)
+
+
+class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
+    registry: str = "models"
+    models: tuple[str, ...] = (
+        "xgboost:production",
+        "lightgbm:production",
+        "nhits:production",
+        "patchtst:production",
+    )
+    weights: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    entry_threshold: float = 0.70
+    flat_below: float = 0.0
+    cooldown_seconds: int = 120
+    allow_short: bool = True
+    stop_atr: float = 1.5
+    take_profit_atr: float = 2.25
+    batch_delay_ms: int = 500
+    signal_source: str = "models"  # models | catalog (replay Signal events stored in the catalog)
+    trade_start: str | int | None = None  # ISO time or ns: no entries on signals before it (warm-up bars)
+
+
+class EnsembleStrategy(QTStrategy):
+    def __init__(self, config: EnsembleStrategyConfig):
+        _check_config(config)
+        super().__init__(config)
+        # Loaded here, not in on_start, so a node or backtest with no usable model fails before it runs.
+        self.ensemble: Ensemble | None = (
+            load_ensemble(config.registry, config.models, config.weights, config.flat_below)
+            if config.signal_source == "models"
+            else None
+        )
+        self.signals_published = 0
+        self.entries = 0
+        self._slot: dict[InstrumentId, int] = {}
+        self._pending: dict[int, Bar] = {}
+        self._last_trade_ns: dict[InstrumentId, int] = {}
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def on_strategy_start(self) -> None:
+        cfg = self.config
+        self._ids = [bt.instrument_id for bt in self.bar_types]
+        self._slot = {iid: i for i, iid in enumerate(self._ids)}
+        self._features = OnlineFeatures(len(self._ids))  # ATR for the exits, in both signal sources
+        self._replayed: dict[int, Signal] = {}
+        if cfg.signal_source == "catalog":
+            self.subscribe_data(DataType(Signal), client_id=SIGNALS_CLIENT)
+            return
+        if self.ensemble.missing:
+            self.log.warning(f"Reduced model count: running without {sorted(self.ensemble.missing)}")
+        n, lookback = len(self._ids), self.ensemble.lookback
+        self._windows = np.full((n, lookback, N_FEATURES), np.nan, dtype=np.float32)
+        self._filled = np.zeros(n, dtype=np.int64)  # finite rows in a row at the end of each window
+
+    # ---- scoring -----------------------------------------------------------------------------------
+    def on_bar(self, bar: Bar) -> None:
+        if not self._pending:
+            delay = self.config.batch_delay_ms * 1_000_000
+            self.clock.set_time_alert_ns(
+                f"ensemble-batch-{bar.ts_event}", bar.ts_event + delay, self._on_batch
+            )
+        self._pending[self._slot[bar.bar_type.instrument_id]] = bar
+
+    def on_data(self, data: Data) -> None:
+        """Replay: Signal events stored in the catalog arrive here just before their batch alert fires."""
+        if isinstance(data, Signal) and data.instrument_id in self._slot:
+            self._replayed[self._slot[data.instrument_id]] = data
+
+    def _on_batch(self, _event=None) -> None:
+        slots = np.fromiter(sorted(self._pending), dtype=np.int64)
+        bars = [self._pending[s] for s in slots]
+        self._pending = {}
+        rows = self._features.update(slots, *_ohlcv(bars))
+        signals = self._replay(slots) if self.ensemble is None else self._score(slots, bars, rows)
+        for slot, signal in signals:
+            self.act_on(signal, bars[slot].close.as_double(), float(rows[slot, _ATR]))
+
+    def _score(self, slots: np.ndarray, bars: list[Bar], rows: np.ndarray) -> list[tuple[int, Signal]]:
+        """Vote on every slot with a full window; publish each decision. Returns (batch position, signal)."""
+        ready = np.flatnonzero(self._push_rows(slots, rows))
+        if len(ready) == 0:
+            return []
+        votes = self.ensemble.vote(self._windows[slots[ready]])
+        out = []
+        for i, pos in enumerate(ready):
+            signal = self._make_signal(bars[pos], votes, i)
+            self.publish_data(DataType(Signal), signal)
+            self.signals_published += 1
+            out.append((int(pos), signal))
+        return out
+
+    def _replay(self, slots: np.ndarray) -> list[tuple[int, Signal]]:
+        replayed, self._replayed = self._replayed, {}
+        return [(pos, replayed[s]) for pos, s in enumerate(slots.tolist()) if s in replayed]
+
+    def _push_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Append each slot's new feature row to its window; True where a full finite window exists."""
+        w = self._windows
+        w[slots, :-1] = w[slots, 1:]
+        w[slots, -1] = rows
+        finite = np.isfinite(rows).all(axis=1)
+        self._filled[slots] = np.where(finite, self._filled[slots] + 1, 0)
+        return self._filled[slots] >= w.shape[1]
+
+    def _make_signal(self, bar: Bar, votes, i: int) -> Signal:
+        per_kind = {f"vote_{k}": float(votes.votes[i, j]) for j, k in enumerate(self.ensemble.kinds)}
+        return Signal(
+            ts_event=bar.ts_event,
+            ts_init=self.clock.timestamp_ns(),
+            instrument_id=bar.bar_type.instrument_id,
+            direction=_DIRECTION_NAME[int(votes.direction[i])],
+            confidence=float(votes.confidence[i]),
+            prob_up=float(votes.prob_up[i]),
+            forecast=float(votes.forecast[i]),
+            model_ids=self.ensemble.model_ids,
+            features_hash=FEATURE_SET_HASH,
+            **per_kind,
+        )
+
+    # ---- trading -----------------------------------------------------------------------------------
+    def act_on(self, signal: Signal, price: float, atr_ratio: float) -> None:
+        cfg = self.config
+        iid = signal.instrument_id
+        if cfg.trade_start is not None and signal.ts_event < pd.Timestamp(cfg.trade_start).value:
+            return
+        if signal.confidence < cfg.entry_threshold or signal.direction == "FLAT":
+            return
+        if signal.direction == "SHORT" and not cfg.allow_short:
+            return
+        if self.net_side(iid) != PositionSide.FLAT or self._cooling_down(iid):
+            return
+        if not np.isfinite(atr_ratio) or atr_ratio <= 0:
+            return
+        self._enter_bracket(iid, LONG if signal.direction == "LONG" else SHORT, price, atr_ratio * price)
+
+    def _cooling_down(self, iid: InstrumentId) -> bool:
+        last = self._last_trade_ns.get(iid)
+        return last is not None and self.clock.timestamp_ns() - last < self.config.cooldown_seconds * 1e9
+
+    def _enter_bracket(self, iid: InstrumentId, direction: int, price: float, atr: float) -> None:
+        instrument = self.cache.instrument(iid)
+        qty = instrument.make_qty(self.config.notional_usd / price)
+        if qty.as_double() <= 0 or not self.margin_available(iid, qty.as_double() * price):
+            return
+        sign = 1.0 if direction == LONG else -1.0
+        stop = price - sign * self.config.stop_atr * atr
+        take = price + sign * self.config.take_profit_atr * atr
+        if stop <= 0 or take <= 0:
+            return
+        bracket = self.order_factory.bracket(
+            instrument_id=iid,
+            order_side=OrderSide.BUY if direction == LONG else OrderSide.SELL,
+            quantity=qty,
+            entry_order_type=OrderType.MARKET,
+            sl_trigger_price=instrument.make_price(stop),
+            tp_price=instrument.make_price(take),
+            tp_post_only=False,
+            entry_tags=["ENTRY"],
+            sl_tags=["SL"],
+            tp_tags=["TP"],
+        )
+        self.submit_order_list(bracket)
+        self.entries += 1
+        self._last_trade_ns[iid] = self.clock.timestamp_ns()
+
+    def on_position_closed(self, event: PositionClosed) -> None:
+        super().on_position_closed(event)
+        self._last_trade_ns[event.instrument_id] = event.ts_event
+
+
+def _ohlcv(bars: list[Bar]) -> tuple[np.ndarray, ...]:
+    values = np.array(
+        [
+            (
+                b.open.as_double(),
+                b.high.as_double(),
+                b.low.as_double(),
+                b.close.as_double(),
+                b.volume.as_double(),
+            )
+            for b in bars
+        ]
+    )
+    return tuple(values.T)
+
+
+def _check_config(cfg: EnsembleStrategyConfig) -> None:
+    if not 0.0 <= cfg.entry_threshold <= 1.0:
+        raise ValueError(f"entry_threshold must be within [0, 1], got {cfg.entry_threshold}")
+    if cfg.signal_source not in ("models", "catalog"):
+        raise ValueError(f"signal_source must be 'models' or 'catalog', got {cfg.signal_source!r}")
+    if cfg.stop_atr <= 0 or cfg.take_profit_atr <= 0:
+        raise ValueError("stop_atr and take_profit_atr must be positive")

@@ -1,0 +1,172 @@
+"""EnsembleStrategy: batched online scoring, Signal events, degraded ensembles, replay of batch signals."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backtests.config import parse_backtest_config
+from backtests.report import fingerprint
+from backtests.runner import run_backtest
+from catalog.instruments import instrument_id
+from catalog.store import CatalogStore
+from ml.dataset import load_symbol_bars
+from ml.ensemble import EnsembleError, load_ensemble
+from ml.research import batch_signals, write_signals
+from ml.train import TrainConfig, train
+from quantum_trader.config import ConfigError
+from tests.conftest import build_catalog, candles, random_walk
+
+SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+TINY_MODELS = {
+    "xgboost": {"params": {"n_estimators": 30}},
+    "lightgbm": {"params": {"n_estimators": 30}},
+    "nhits": {"params": {"max_epochs": 1}},
+    "patchtst": {"params": {"max_epochs": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 3-symbol catalog and all four models trained on it, registered and promoted."""
+    root = tmp_path_factory.mktemp("ensemble")
+    frames = {s: candles(random_walk(1400, seed=10 + i)) for i, s in enumerate(SYMBOLS)}
+    build_catalog(root / "catalog", frames)
+    cfg = TrainConfig.model_validate(
+        {
+            "catalog": str(root / "catalog"),
+            "universe": {"select": "all"},
+            "dataset": {"max_train_rows": 2000, "max_eval_rows": 500},
+            "models": TINY_MODELS,
+            "registry": str(root / "models"),
+        }
+    )
+    result = train(cfg, root / "train", progress=False)
+    return root, result
+
+
+def backtest_config(root, **strategy) -> dict:
+    return {
+        "name": "ens",
+        "catalog": str(root / "catalog"),
+        "universe": {"select": "all"},
+        "strategies": [
+            {
+                "path": "strategies.ensemble:EnsembleStrategy",
+                "config": {"registry": str(root / "models"), "entry_threshold": 0.3, **strategy},
+            }
+        ],
+        "report": {"tearsheet": False},
+    }
+
+
+def run(cfg: dict):
+    return run_backtest(parse_backtest_config(cfg), progress=False)
+
+
+def fills_of(artifacts) -> pd.DataFrame:
+    return artifacts.engine.trader.generate_order_fills_report()
+
+
+@pytest.fixture(scope="module")
+def online(trained):
+    root, _ = trained
+    return run(backtest_config(root))
+
+
+def test_training_registers_and_promotes_every_model(trained):
+    _, result = trained
+    assert set(result.model_ids) == {"xgboost", "lightgbm", "nhits", "patchtst"}
+    assert set(result.metrics) >= {"xgboost", "ensemble", "zero", "last"}
+    assert (trained[0] / "train" / "predictions.png").stat().st_size > 10_000
+
+
+def test_every_scored_bar_is_a_signal_published_on_the_bus_traded_or_not(online):
+    signals = online.signals.frame()
+    strategy = online.strategies[0]
+    assert len(signals) == strategy.signals_published > 0
+    # each symbol is scored on every bar once its 64-row window of finite features is full (bar 300 + 63),
+    # except the last bar: its batch time (close + 500 ms) is after the end of the run
+    assert signals.groupby("instrument_id").size().to_dict() == {
+        str(instrument_id(s)): 1400 - 299 - 63 - 1 for s in SYMBOLS
+    }
+    assert set(signals["direction"]) <= {"LONG", "SHORT", "FLAT"}
+    assert signals["confidence"].between(0, 1).all()
+    assert signals[["vote_xgboost", "vote_lightgbm", "vote_nhits", "vote_patchtst"]].notna().all().all()
+    assert (signals["model_ids"].str.count(",") == 3).all()
+    assert 0 < strategy.entries <= (signals["confidence"] >= 0.3).sum()
+
+
+def test_symbols_closing_together_are_scored_in_one_batch_after_the_close(online):
+    signals = online.signals.frame()
+    per_time = signals.groupby("ts_event")["instrument_id"].nunique()
+    assert (per_time == len(SYMBOLS)).all()
+    assert ((signals["ts_init"] - signals["ts_event"]) == pd.Timedelta(milliseconds=500)).all()
+
+
+def test_batch_signals_equal_the_online_ones_exactly(trained, online):
+    root, _ = trained
+    store = CatalogStore(root / "catalog")
+    bar_types = online.universe.bar_types
+    ensemble = load_ensemble(
+        str(root / "models"), [f"{k}:production" for k in TINY_MODELS], online.strategies[0].config.weights
+    )
+    bars = load_symbol_bars(store.path, bar_types)
+    batch = batch_signals(ensemble, bars, [bt.instrument_id for bt in bar_types], end_ns=online.end.value)
+    batch_frame = pd.DataFrame([{**s.to_dict(), "instrument_id": str(s.instrument_id)} for s in batch])
+    online_frame = online.signals.frame()
+    batch_frame["ts_event"] = pd.to_datetime(batch_frame["ts_event"], utc=True)
+    batch_frame["ts_init"] = pd.to_datetime(batch_frame["ts_init"], utc=True)
+    pd.testing.assert_frame_equal(
+        batch_frame[online_frame.columns].reset_index(drop=True),
+        online_frame.reset_index(drop=True),
+        check_exact=True,
+    )
+
+
+def test_replaying_stored_signals_gives_the_same_trades(trained, online, tmp_path):
+    root, _ = trained
+    catalog = tmp_path / "catalog"
+    shutil.copytree(root / "catalog", catalog)
+    bar_types = online.universe.bar_types
+    ensemble = online.strategies[0].ensemble
+    ids = [b.instrument_id for b in bar_types]
+    write_signals(
+        catalog, batch_signals(ensemble, load_symbol_bars(catalog, bar_types), ids, end_ns=online.end.value)
+    )
+    cfg = backtest_config(root, signal_source="catalog") | {"catalog": str(catalog)}
+    replayed = run(cfg)
+    assert len(replayed.signals) == len(online.signals)
+    assert len(fills_of(online)) > 0
+    assert fingerprint(fills_of(replayed)) == fingerprint(fills_of(online))
+
+
+def test_same_config_same_trades(trained, online):
+    again = run(backtest_config(trained[0]))
+    assert fingerprint(fills_of(again)) == fingerprint(fills_of(online))
+
+
+def test_a_model_that_fails_to_load_leaves_the_rest_renormalised(trained, tmp_path):
+    root, result = trained
+    registry = tmp_path / "models"
+    shutil.copytree(root / "models", registry)
+    victim = next((registry / "nhits").glob("nhits-*"))
+    (victim / "model.pt").write_bytes(b"not a torch file")
+    cfg = backtest_config(root)
+    cfg["strategies"][0]["config"]["registry"] = str(registry)
+    degraded = run(cfg)
+    ensemble = degraded.strategies[0].ensemble
+    assert ensemble.kinds == ["xgboost", "lightgbm", "patchtst"]
+    assert "checksum" in ensemble.missing["nhits"]
+    assert ensemble.weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(ensemble.weights, np.array([0.25, 0.25, 0.20]) / 0.70)
+    signals = degraded.signals.frame()
+    assert len(signals) > 0 and signals["vote_nhits"].isna().all()
+
+
+def test_no_loadable_model_refuses_to_start(trained, tmp_path):
+    cfg = backtest_config(trained[0])
+    cfg["strategies"][0]["config"]["registry"] = str(tmp_path / "empty")
+    with pytest.raises((EnsembleError, ConfigError), match="no model could be loaded"):
+        run(cfg)

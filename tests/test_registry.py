@@ -1,0 +1,224 @@
+"""The model registry: versions load back exactly, tampering and feature drift are refused, aliases move
+only by promote / demote / rollback and every move is in the history; and the `qt models` commands."""
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pytest
+
+from ml.features import FEATURE_NAMES, FEATURE_SET_HASH
+from ml.models.base import ModelLoadError
+from ml.models.gbdt import LightGBMModel, XGBoostModel
+from ml.registry import ModelRegistry, RegistryError, training_info
+from quantum_trader.cli_models import add_models_commands
+from tests.test_gbdt_models import FAST, newest_rows_as_windows, planted, pooled_market, split
+
+LABEL = {"kind": "forward_log_return", "horizon": 12, "interval": "5m"}
+DATA = {"symbols": ["S0", "S1"], "start": "2025-01-01", "end": "2025-01-11"}
+
+
+@pytest.fixture(scope="module")
+def trained(market):
+    """One fitted model of each GBDT kind, with its report and validation windows."""
+    train, val = split(planted(market))
+    out = {}
+    for cls in (XGBoostModel, LightGBMModel):
+        model = cls(**FAST)
+        out[cls.kind] = (model, model.fit(train, val))
+    return out, newest_rows_as_windows(val)
+
+
+@pytest.fixture(scope="module")
+def market():
+    return pooled_market()
+
+
+def register(reg: ModelRegistry, model, report, rank_ic: float = 0.05):
+    metrics = {"test": {"rank_ic": rank_ic, "directional_accuracy": 0.52}, "val": {"mse": 1e-6}}
+    return reg.register(model, metrics=metrics, data=DATA, label=LABEL, training=training_info(report))
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return ModelRegistry(tmp_path / "models")
+
+
+@pytest.fixture
+def three_xgb(reg, trained):
+    """Three registered versions of the same xgboost model (ids differ by the -2/-3 suffix or time)."""
+    (model, report), _ = trained[0]["xgboost"], trained[1]
+    return [register(reg, model, report, rank_ic=0.01 * i).id for i in range(3)]
+
+
+def test_register_then_load_gives_identical_predictions_and_full_metadata(reg, trained):
+    models, windows = trained
+    for kind, (model, report) in models.items():
+        record = register(reg, model, report)
+        assert re.fullmatch(rf"{kind}-\d{{8}}T\d{{6}}-[0-9a-f]{{8}}", record.id)
+        assert record.path == reg.root / kind / record.id and not record.production
+        loaded, loaded_record = reg.load(record.id)
+        np.testing.assert_array_equal(loaded.predict(windows), model.predict(windows))
+        meta = loaded_record.meta
+        assert meta["feature_names"] == list(FEATURE_NAMES) and meta["feature_hash"] == FEATURE_SET_HASH
+        assert meta["label"] == LABEL and meta["data"] == DATA and meta["params"] == model.params()
+        assert meta["versions"][kind] and meta["versions"]["numpy"] == np.__version__
+        assert meta["training"]["best_iteration"] == report.best_iteration
+        assert set(meta["files"]) == {model.MODEL_FILE, "model.json"}
+        assert meta["checksum"].startswith(record.id[-8:])
+        assert meta["created_at"].endswith("+00:00")
+    assert [e["action"] for e in reg.history()] == ["register", "register"]
+
+
+def test_a_changed_byte_in_a_model_file_is_refused(reg, trained):
+    model, report = trained[0]["lightgbm"]
+    record = register(reg, model, report)
+    path = record.path / "model.txt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    message = f"checksum mismatch for model.txt in {record.id}: the file was changed after registration"
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        reg.load(record.id)
+
+
+def test_a_model_trained_on_another_feature_set_is_refused(reg, trained):
+    model, report = trained[0]["xgboost"]
+    record = register(reg, model, report)
+    meta_path = record.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["feature_hash"] = "abc123"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(
+        ModelLoadError, match=rf"feature set mismatch: model {record.id} .* abc123, .*; retrain"
+    ):
+        reg.load(record.id)
+
+
+def test_a_failed_save_leaves_no_version_behind(reg, trained):
+    model, report = trained[0]["xgboost"]
+
+    class Crashing(XGBoostModel):
+        def save(self, directory):
+            super().save(directory)
+            raise OSError("disk full")
+
+    crashing = Crashing()
+    crashing._booster, crashing.best_iteration = model._booster, model.best_iteration
+    with pytest.raises(OSError, match="disk full"):
+        register(reg, crashing, report)
+    assert list((reg.root / "xgboost").iterdir()) == []
+    assert reg.list() == [] and reg.history() == []
+
+
+def test_promote_demote_and_rollback_move_the_alias_and_are_recorded(reg, three_xgb):
+    a, b, c = three_xgb
+    for version in (a, b, c):
+        reg.promote(version)
+    assert reg.production("xgboost") == c
+    assert reg.get("xgboost:production").id == c and reg.get("xgboost:production").production
+    assert reg.rollback("xgboost").id == b
+    assert reg.rollback("xgboost").id == a  # repeated rollbacks walk further back
+    reg.demote("xgboost")
+    assert reg.production("xgboost") is None
+    assert reg.rollback("xgboost").id == a  # a rollback after a demotion restores the demoted model
+    moves = [
+        (e["action"], e["id"], e["previous"]) for e in reg.history("xgboost") if e["action"] != "register"
+    ]
+    assert moves == [
+        ("promote", a, None),
+        ("promote", b, a),
+        ("promote", c, b),
+        ("rollback", b, c),
+        ("rollback", a, b),
+        ("demote", None, a),
+        ("rollback", a, None),
+    ]
+    assert all(e["ts"].endswith("+00:00") for e in reg.history())
+
+
+def test_rollback_without_an_earlier_production_model_is_an_error(reg, three_xgb):
+    with pytest.raises(RegistryError, match="no earlier production xgboost model"):
+        reg.rollback("xgboost")
+    reg.promote(three_xgb[0])
+    with pytest.raises(RegistryError, match="no earlier production xgboost model"):
+        reg.rollback("xgboost")
+    assert reg.production("xgboost") == three_xgb[0]
+
+
+def test_list_is_newest_first_and_flags_production(reg, three_xgb, trained):
+    lgb_model, lgb_report = trained[0]["lightgbm"]
+    lgb_id = register(reg, lgb_model, lgb_report).id
+    reg.promote(three_xgb[1])
+    records = reg.list()
+    assert [r.id for r in records] == [lgb_id, *reversed(three_xgb)]
+    assert [r.id for r in records if r.production] == [three_xgb[1]]
+    assert [r.id for r in reg.list("xgboost")] == list(reversed(three_xgb))
+    assert reg.get("xgboost:latest").id == three_xgb[2]
+    assert reg.show(lgb_id)["kind"] == "lightgbm"
+
+
+def test_unknown_names_are_errors_that_say_what_is_known(reg, three_xgb, tmp_path):
+    with pytest.raises(RegistryError, match=f"unknown model id 'xgboost-nope'.*known: {three_xgb[2]}"):
+        reg.load("xgboost-nope")
+    with pytest.raises(RegistryError, match="unknown alias 'prod'.*known aliases: production, latest"):
+        reg.get("xgboost:prod")
+    with pytest.raises(RegistryError, match="unknown model kind 'catboost'.*xgboost, lightgbm"):
+        reg.get("catboost:production")
+    with pytest.raises(RegistryError, match="no production lightgbm model"):
+        reg.load("lightgbm:production")
+    with pytest.raises(RegistryError, match="no model registry at"):
+        ModelRegistry(tmp_path / "nowhere").list()
+
+
+# --- the `qt models` commands ----------------------------------------------------------------------------
+
+
+def qt_models(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="qt")
+    add_models_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["models", *argv])
+    return args.func(args)
+
+
+def test_models_commands_end_to_end(reg, three_xgb, capsys):
+    root = str(reg.root)
+    a, b, c = three_xgb
+    assert qt_models("--registry", root, "promote", a) == 0
+    assert qt_models("promote", b, "--registry", root) == 0  # --registry also after the sub-command
+    assert f"xgboost:production -> {b} (was {a})" in capsys.readouterr().out
+
+    assert qt_models("--registry", root, "list", "--kind", "xgboost") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "kind", "created", "production", "rank_ic", "dir_acc"]
+    assert [line.split()[0] for line in lines[1:]] == [c, b, a]
+    assert lines[2].split()[4] == "*" and lines[2].split()[5] == "0.0100"  # b: rank_ic 0.01 of its metrics
+
+    assert qt_models("--registry", root, "show", "xgboost:production") == 0
+    assert json.loads(capsys.readouterr().out)["id"] == b
+
+    assert qt_models("--registry", root, "rollback", "xgboost") == 0
+    assert f"xgboost:production -> {a} (rolled back from {b})" in capsys.readouterr().out
+    assert qt_models("--registry", root, "demote", "xgboost") == 0
+    assert f"xgboost:production cleared (was {a})" in capsys.readouterr().out
+    assert reg.production("xgboost") is None
+
+
+def test_models_commands_exit_2_with_the_reason_on_stderr(reg, three_xgb, tmp_path, capsys):
+    root = str(reg.root)
+    cases = [
+        (["--registry", root, "show", "xgboost-nope"], "unknown model id 'xgboost-nope'"),
+        (["--registry", root, "demote", "xgboost"], "no production xgboost model to demote"),
+        (["--registry", root, "rollback", "xgboost"], "no earlier production xgboost model"),
+        (["--registry", root, "list", "--kind", "catboost"], "unknown model kind 'catboost'"),
+        (["--registry", str(tmp_path / "nowhere"), "list"], "no model registry at"),
+    ]
+    for argv, reason in cases:
+        assert qt_models(*argv) == 2, argv
+        captured = capsys.readouterr()
+        assert reason in captured.err and captured.out == "", argv
+
+    (reg.root / "xgboost" / three_xgb[0] / "model.ubj").write_bytes(b"tampered")
+    assert qt_models("--registry", root, "promote", three_xgb[0]) == 2  # a damaged model is never promoted
+    assert "checksum mismatch for model.ubj" in capsys.readouterr().err
