@@ -66,6 +66,11 @@ class Ensemble:
     flat_below: float = 0.0
 
     def __post_init__(self) -> None:
+        for m in [m for m in self.members if not m.pred_std > 0]:
+            # A constant forecast (a net that never beat the zero forecast on validation and so predicts 0)
+            # carries no information; counting it as a neutral vote would only dilute the others.
+            self.missing[m.kind] = f"{m.model_id}: constant forecast on validation (it learned nothing)"
+            self.members.remove(m)
         if not self.members:
             reasons = "; ".join(f"{k}: {why}" for k, why in self.missing.items()) or "none configured"
             raise EnsembleError(f"no model could be loaded, refusing to start ({reasons})")
@@ -73,7 +78,7 @@ class Ensemble:
         if total <= 0:
             raise EnsembleError("ensemble weights of the loaded models sum to zero")
         self.weights = np.array([m.weight / total for m in self.members])
-        self.scales = np.array([m.pred_std if m.pred_std > 0 else 1.0 for m in self.members])
+        self.scales = np.array([m.pred_std for m in self.members])
         self.centres = np.array([m.pred_mean for m in self.members])
         if self.missing:
             log.warning(

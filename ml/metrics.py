@@ -42,19 +42,22 @@ def regression_metrics(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]
         "rmse": float(np.sqrt((err**2).mean())),
         "mae": float(np.abs(err).mean()),
         "r2": 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else 0.0,
-        # Only bars that moved count: a flat label has no direction to get right.
-        "directional_accuracy": float((np.sign(pred[moved]) == np.sign(actual[moved])).mean())
-        if moved.any()
-        else float("nan"),
+        "directional_accuracy": directional_accuracy(pred, actual) if moved.any() else float("nan"),
         "rank_ic": spearman(pred, actual),
     }
+
+
+def directional_accuracy(pred: np.ndarray, actual: np.ndarray) -> float:
+    """Share of the bars that moved whose direction the forecast got right; a forecast of exactly 0 says
+    nothing about direction and scores a coin flip (0.5), so the zero baseline scores 0.5."""
+    moved = actual != 0
+    hit = np.where(pred[moved] == 0, 0.5, (np.sign(pred[moved]) == np.sign(actual[moved])).astype(float))
+    return float(hit.mean())
 
 
 def baselines(last_return: np.ndarray, actual: np.ndarray) -> dict[str, dict[str, float]]:
     """`zero`: no move. `last`: the return of the previous `horizon` bars, repeated (momentum)."""
     zero = regression_metrics(np.zeros_like(actual, dtype=np.float64), actual)
-    zero["directional_accuracy"] = 0.5  # no direction at all: a coin flip, not 0
-    zero["rank_ic"] = 0.0
     return {"zero": zero, "last": regression_metrics(last_return, actual)}
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from backtests.config import PeriodConfig, UniverseConfig
 from ml.dataset import SplitConfig, Splits, WindowSet, load_symbol_bars, pool, split_by_time, subsample
-from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, Member
+from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, Member
 from ml.metrics import baselines, check_leakage, ic_by_symbol, metrics_table, regression_metrics
 from ml.models.base import ForecastModel
 from quantum_trader.config import ConfigError, StrictModel, load_config
@@ -67,6 +67,7 @@ class TrainResult:
     model_ids: dict[str, str] = field(default_factory=dict)
     splits: Splits | None = None
     out: Path | None = None
+    ensemble_missing: dict[str, str] = field(default_factory=dict)  # kind -> why it does not vote
 
 
 def load_train_config(path) -> TrainConfig:
@@ -189,12 +190,17 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
             progress,
             f"{kind}: registered {record.id} ({report.seconds:.1f} s, best at {report.best_iteration})",
         )
-    ensemble = Ensemble([m for m in members if m.weight > 0])
-    preds["ensemble"] = {
-        s: ensemble.combine(np.column_stack([preds[m.kind][s] for m in ensemble.members])).forecast
-        for s in ("validation", "test")
-    }
-    result.metrics["ensemble"] = evaluate("ensemble", preds["ensemble"], splits)
+    try:
+        ensemble = Ensemble([m for m in members if m.weight > 0])
+    except EnsembleError as err:  # every model predicts a constant: nothing to combine, nothing to trade
+        _say(progress, f"ensemble: not evaluated ({err})")
+    else:
+        preds["ensemble"] = {
+            s: ensemble.combine(np.column_stack([preds[m.kind][s] for m in ensemble.members])).forecast
+            for s in ("validation", "test")
+        }
+        result.metrics["ensemble"] = evaluate("ensemble", preds["ensemble"], splits)
+        result.ensemble_missing = dict(ensemble.missing)
     result.metrics |= baseline_metrics(splits)
     write_train_report(cfg, result, preds, data, out, time.perf_counter() - t0)
     return result
@@ -243,6 +249,7 @@ def write_train_report(
         "promoted": cfg.promote,
         "data": data,
         "metrics": result.metrics,
+        "ensemble_missing": result.ensemble_missing,
         "seconds": seconds,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -66,6 +66,7 @@ class EnsembleStrategy(QTStrategy):
         )
         self.signals_published = 0
         self.entries = 0
+        self._trade_start_ns = pd.Timestamp(config.trade_start).value if config.trade_start is not None else 0
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
         self._last_trade_ns: dict[InstrumentId, int] = {}
@@ -155,7 +156,7 @@ class EnsembleStrategy(QTStrategy):
     def act_on(self, signal: Signal, price: float, atr_ratio: float) -> None:
         cfg = self.config
         iid = signal.instrument_id
-        if cfg.trade_start is not None and signal.ts_event < pd.Timestamp(cfg.trade_start).value:
+        if signal.ts_event < self._trade_start_ns:
             return
         if signal.confidence < cfg.entry_threshold or signal.direction == "FLAT":
             return
