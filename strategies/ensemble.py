@@ -29,6 +29,7 @@ from quantum_trader.events import DIRECTIONS, Signal
 from strategies.base import QTStrategy, QTStrategyConfig
 
 SIGNALS_CLIENT = ClientId("SIGNALS")
+SIGNAL_TYPE = DataType(Signal)  # built once: publish runs for every symbol on every bar
 _ATR = FEATURE_NAMES.index("atr_14")
 _DIRECTION_NAME = {1: "LONG", 0: "FLAT", -1: "SHORT"}
 assert set(_DIRECTION_NAME.values()) == set(DIRECTIONS)
@@ -79,7 +80,7 @@ class EnsembleStrategy(QTStrategy):
         self._features = OnlineFeatures(len(self._ids))  # ATR for the exits, in both signal sources
         self._replayed: dict[int, Signal] = {}
         if cfg.signal_source == "catalog":
-            self.subscribe_data(DataType(Signal), client_id=SIGNALS_CLIENT)
+            self.subscribe_data(SIGNAL_TYPE, client_id=SIGNALS_CLIENT)
             return
         if self.ensemble.missing:
             self.log.warning(f"Reduced model count: running without {sorted(self.ensemble.missing)}")
@@ -119,7 +120,7 @@ class EnsembleStrategy(QTStrategy):
         out = []
         for i, pos in enumerate(ready):
             signal = self._make_signal(bars[pos], votes, i)
-            self.publish_data(DataType(Signal), signal)
+            self.publish_data(SIGNAL_TYPE, signal)
             self.signals_published += 1
             out.append((int(pos), signal))
         return out
