@@ -106,6 +106,16 @@ class QTStrategy(Strategy):
         self._cancel_liquidation_order(instrument_id)
         self.close_all_positions(instrument_id)
 
+    def go_to(self, instrument_id: InstrumentId, want: PositionSide, price: float) -> None:
+        """Hold `want` (LONG, SHORT or FLAT) in the instrument: close the other side first, then enter."""
+        have = self.net_side(instrument_id)
+        if want == have:
+            return
+        if have != PositionSide.FLAT:
+            self.exit(instrument_id)
+        if want != PositionSide.FLAT:
+            self.enter(instrument_id, OrderSide.BUY if want == PositionSide.LONG else OrderSide.SELL, price)
+
     def net_side(self, instrument_id: InstrumentId) -> PositionSide:
         if self.portfolio.is_net_long(instrument_id):
             return PositionSide.LONG

@@ -11,7 +11,7 @@ from collections import deque
 
 import pandas as pd
 from nautilus_trader.model.data import Bar
-from nautilus_trader.model.enums import OrderSide, PositionSide
+from nautilus_trader.model.enums import PositionSide
 
 from strategies.base import QTStrategy, QTStrategyConfig
 
@@ -60,11 +60,4 @@ class Momentum(QTStrategy):
         want = PositionSide.LONG if move > 0 else PositionSide.SHORT
         if want == PositionSide.SHORT and not self.config.allow_short:
             want = PositionSide.FLAT
-        have = self.net_side(iid)
-        if want == have:
-            return
-        if have != PositionSide.FLAT:
-            self.exit(iid)
-        if want != PositionSide.FLAT:
-            side = OrderSide.BUY if want == PositionSide.LONG else OrderSide.SELL
-            self.enter(iid, side, bar.close.as_double())
+        self.go_to(iid, want, bar.close.as_double())

@@ -10,6 +10,7 @@ The forecast is the forward log return over the dataset's horizon: ln(close[t + 
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,3 +65,17 @@ class ForecastModel(ABC):
     def params(self) -> dict:
         """Hyper-parameters, JSON-serialisable, recorded in the registry."""
         return {}
+
+
+def read_model_json(path: Path, kind: str) -> dict:
+    """A saved model's JSON description, refused with the file's name when missing, corrupt or of another kind."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path.name} missing in {path.parent}")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path.name} in {path.parent} is corrupt: {err}") from err
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else None
+        raise ModelLoadError(f"{path.name} in {path.parent}: expected a {kind} model, found {found!r}")
+    return meta

@@ -25,7 +25,7 @@ import numpy as np
 
 from ml.dataset import WindowSet
 from ml.features import N_FEATURES
-from ml.models.base import FitReport, ForecastModel, ModelLoadError, Progress
+from ml.models.base import FitReport, ForecastModel, ModelLoadError, Progress, read_model_json
 
 META_FILE = "model.json"
 PROGRESS_EVERY = 25  # rounds between progress reports
@@ -112,7 +112,7 @@ class TreeModel(ForecastModel):
     @classmethod
     def load(cls, directory: Path) -> TreeModel:
         directory = Path(directory)
-        meta = _read_model_json(directory / META_FILE, cls.kind)
+        meta = read_model_json(directory / META_FILE, cls.kind)
         try:
             model = cls(**meta["params"])
             best = int(meta["best_iteration"])
@@ -336,19 +336,6 @@ class LightGBMModel(TreeModel):
         import lightgbm as lgb
 
         return lgb.Booster(model_file=str(path))
-
-
-def _read_model_json(path: Path, kind: str) -> dict:
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: model.json missing")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path}: corrupt model.json ({err})") from err
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
-        found = meta.get("kind") if isinstance(meta, dict) else None
-        raise ModelLoadError(f"{path}: expected a {kind} model, found kind {found!r}")
-    return meta
 
 
 def _sha256(path: Path) -> str:

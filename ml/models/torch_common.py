@@ -43,7 +43,7 @@ from torch import nn
 
 from ml.dataset import WindowSet
 from ml.features import FEATURE_NAMES, N_FEATURES
-from ml.models.base import FitReport, ForecastModel, ModelLoadError, Progress
+from ml.models.base import FitReport, ForecastModel, ModelLoadError, Progress, read_model_json
 
 CLIP = 10.0  # standardized feature values beyond this are clipped
 WEIGHTS_FILE = "model.pt"
@@ -375,15 +375,7 @@ class TorchForecaster(ForecastModel):
 
 
 def _read_meta(path: Path, kind: str) -> dict:
-    if not path.is_file():
-        raise ModelLoadError(f"{path.name} missing in {path.parent}")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path.name} in {path.parent} is corrupt: {e}") from e
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
-        found = meta.get("kind") if isinstance(meta, dict) else None
-        raise ModelLoadError(f"{path.name} in {path.parent}: expected a {kind!r} model, found {found!r}")
+    meta = read_model_json(path, kind)
     if meta.get("feature_names") != list(FEATURE_NAMES):
         raise ModelLoadError(f"{path.name} in {path.parent}: trained on a different feature set")
     return meta
