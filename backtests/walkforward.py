@@ -60,6 +60,7 @@ from ml.dataset import SplitConfig
 from ml.ensemble import DEFAULT_WEIGHTS
 from ml.train import KINDS, DatasetConfig, ModelSpec, TrainConfig
 from quantum_trader.config import ConfigError, StrictModel, load_config
+from quantum_trader.jsonable import jsonable
 
 ENSEMBLE_PATH = "strategies.ensemble:EnsembleStrategy"
 BASELINE_PATHS = {"buy_hold": "strategies.buy_hold:BuyHold", "momentum": "strategies.momentum:Momentum"}
@@ -283,7 +284,7 @@ def run_walkforward(cfg: WalkForwardConfig, out: Path, progress: bool = True) ->
     stitched = {name: stitch([r.runs[name].equity for r in results], cfg.venue.starting_balance)
                 for name in STRATEGIES if name in results[0].runs}  # fmt: skip
     summary = summarize(cfg, results, stitched, time.perf_counter() - t0)
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    (out / "summary.json").write_text(json.dumps(jsonable(summary, nan_as_null=True), indent=2))
     resolved = cfg.model_dump(mode="json") | {"resolved_registry": str(registry)}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     plot_walkforward(stitched, windows, out / "equity.png", cfg.name)
@@ -739,17 +740,3 @@ def _naive_dt(dt):
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(message, flush=True)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    return value

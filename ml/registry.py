@@ -34,6 +34,7 @@ import numpy as np
 
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, FEATURE_VERSION
 from ml.models.base import FitReport, ForecastModel, ModelLoadError
+from quantum_trader.jsonable import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class ModelRegistry:
                 "files": files,
                 "checksum": checksum,
             }
-            _write_synced(staging / META_FILE, json.dumps(_jsonable(meta), indent=2))
+            _write_synced(staging / META_FILE, json.dumps(jsonable(meta), indent=2))
             os.rename(staging, kind_dir / version_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -372,23 +373,6 @@ def _write_synced(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _jsonable(value):
-    """Numpy scalars and arrays, timestamps and paths in the caller's dicts, as plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 __all__ = [

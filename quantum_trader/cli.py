@@ -172,10 +172,8 @@ def cmd_backtest(args) -> int:
     from backtests.report import write_report
     from backtests.runner import run_backtest
 
-    cfg = load_backtest_config(args.config)
-    if args.catalog:
-        cfg = cfg.model_copy(update={"catalog": str(args.catalog)})
-    out = args.out or Path("runs") / f"{cfg.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    cfg = _with_paths(load_backtest_config(args.config), catalog=args.catalog)
+    out = _report_folder(args, cfg.name)
     run = run_backtest(cfg, progress=not args.no_progress)
     stats = write_report(run, out)
     _print_stats(stats)
@@ -186,10 +184,8 @@ def cmd_backtest(args) -> int:
 def cmd_train(args) -> int:
     from ml.train import format_metrics, load_train_config, train
 
-    cfg = load_train_config(args.config)
-    overrides = {k: str(v) for k, v in (("catalog", args.catalog), ("registry", args.registry)) if v}
-    cfg = cfg.model_copy(update=overrides)
-    out = args.out or Path("runs") / f"train-{cfg.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    cfg = _with_paths(load_train_config(args.config), catalog=args.catalog, registry=args.registry)
+    out = _report_folder(args, f"train-{cfg.name}")
     result = train(cfg, out, progress=not args.no_progress)
     print(format_metrics(result))
     print(f"models: {result.model_ids}" + (" (promoted to production)" if cfg.promote else ""))
@@ -200,10 +196,8 @@ def cmd_train(args) -> int:
 def cmd_walkforward(args) -> int:
     from backtests.walkforward import format_summary, load_walkforward_config, run_walkforward
 
-    cfg = load_walkforward_config(args.config)
-    if args.catalog:
-        cfg = cfg.model_copy(update={"catalog": str(args.catalog)})
-    out = args.out or Path("runs") / f"walkforward-{cfg.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    cfg = _with_paths(load_walkforward_config(args.config), catalog=args.catalog)
+    out = _report_folder(args, f"walkforward-{cfg.name}")
     result = run_walkforward(cfg, out, progress=not args.no_progress)
     print(format_summary(result.summary))
     print(f"report: {out}/ (windows.csv, summary.json, equity.png, fold-NN/ with each fold's reports)")
@@ -215,6 +209,15 @@ def cmd_demo(args) -> int:
 
     run_demo(args.out, args.config, symbols=args.symbols, days=args.days, seed=args.seed)
     return 0
+
+
+def _with_paths(cfg, **paths):
+    """The config with the paths given on the command line in place of its own."""
+    return cfg.model_copy(update={k: str(v) for k, v in paths.items() if v})
+
+
+def _report_folder(args, label: str) -> Path:
+    return args.out or Path("runs") / f"{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def _print_table(df) -> None:

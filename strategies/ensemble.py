@@ -84,6 +84,7 @@ class EnsembleStrategy(QTStrategy):
             return
         if self.ensemble.missing:
             self.log.warning(f"Reduced model count: running without {sorted(self.ensemble.missing)}")
+        self._vote_fields = [f"vote_{kind}" for kind in self.ensemble.kinds]
         n, lookback = len(self._ids), self.ensemble.lookback
         self._windows = np.full((n, lookback, N_FEATURES), np.nan, dtype=np.float32)
         self._filled = np.zeros(n, dtype=np.int64)  # finite rows in a row at the end of each window
@@ -139,7 +140,7 @@ class EnsembleStrategy(QTStrategy):
         return self._filled[slots] >= w.shape[1]
 
     def _make_signal(self, bar: Bar, votes, i: int) -> Signal:
-        per_kind = {f"vote_{k}": float(votes.votes[i, j]) for j, k in enumerate(self.ensemble.kinds)}
+        per_kind = {name: float(votes.votes[i, j]) for j, name in enumerate(self._vote_fields)}
         return Signal(
             ts_event=bar.ts_event,
             ts_init=self.clock.timestamp_ns(),
