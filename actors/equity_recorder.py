@@ -11,6 +11,16 @@ from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.identifiers import Venue
 
 
+def account_equity(portfolio, venue: Venue) -> float | None:
+    """Mark-to-market equity of the venue's account in USDT: balance + unrealised PnL; None without an account."""
+    account = portfolio.account(venue)
+    if account is None:
+        return None
+    balance = account.balance_total(USDT)
+    unrealized = sum(m.as_double() for m in portfolio.unrealized_pnls(venue).values())
+    return (balance.as_double() if balance is not None else 0.0) + unrealized
+
+
 class EquityRecorderConfig(ActorConfig, frozen=True):
     venue: str = "BINANCE"
     interval_minutes: int = 60
@@ -37,12 +47,12 @@ class EquityRecorder(Actor):
         if account is None:
             return
         balance = account.balance_total(USDT).as_double()
-        unrealized = sum(m.as_double() for m in self.portfolio.unrealized_pnls(self.venue).values())
+        equity = account_equity(self.portfolio, self.venue)
         gross = 0.0
         for position in self.cache.positions_open(venue=self.venue):
             exposure = self.portfolio.net_exposure(position.instrument_id)
             gross += abs(exposure.as_double()) if exposure is not None else 0.0
-        self.samples.append((self.clock.timestamp_ns(), balance, balance + unrealized, gross))
+        self.samples.append((self.clock.timestamp_ns(), balance, equity, gross))
 
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.samples, columns=["ts", "balance", "equity", "gross_exposure"])

@@ -7,10 +7,9 @@ names one with `risk_profile:`. The defaults below are the moderate profile.
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from quantum_trader.config import ConfigError, StrictModel, parse_config
+from quantum_trader.config import StrictModel, load_profile_data, parse_config
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "risk"
 
@@ -75,30 +74,6 @@ class RiskProfile(StrictModel):
         return self
 
 
-def profile_path(name_or_path: str, directory: Path) -> Path:
-    """`moderate` -> configs/risk/moderate.yaml; anything with a slash or .yaml is a path."""
-    if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
-        return Path(name_or_path)
-    path = directory / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise ConfigError(f"unknown profile {name_or_path!r}; allowed: {known} or a path to a YAML file")
-    return path
-
-
-def load_profile_dict(name_or_path: str, directory: Path) -> dict:
-    path = profile_path(name_or_path, directory)
-    if not path.is_file():
-        raise ConfigError(f"profile file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"profile {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"profile {path} must be a mapping")
-    return data
-
-
 def load_risk_profile(name_or_path: str) -> RiskProfile:
-    data = load_profile_dict(name_or_path, PROFILE_DIR)
+    data = load_profile_data(name_or_path, PROFILE_DIR)
     return parse_config(RiskProfile, data, f"risk profile {name_or_path}")

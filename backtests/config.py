@@ -94,8 +94,32 @@ class BacktestConfig(StrictModel):
     strategies: list[ComponentConfig] = Field(min_length=1)
     actors: list[ComponentConfig] = Field(default_factory=list)
     report: ReportConfig = ReportConfig()
+    exit_profile: str | None = Field(
+        None, description="configs/exits/<name>.yaml or a path; given to every component with the field"
+    )
+    risk_profile: str | None = Field(
+        None, description="configs/risk/<name>.yaml or a path; given to every component with the field"
+    )
     seed: int = 42
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "ERROR"
+
+    @field_validator("exit_profile")
+    @classmethod
+    def _exit_profile_loads(cls, name: str | None):
+        if name is not None:
+            from strategies.exit_profile import load_exit_profile
+
+            load_exit_profile(name)
+        return name
+
+    @field_validator("risk_profile")
+    @classmethod
+    def _risk_profile_loads(cls, name: str | None):
+        if name is not None:
+            from actors.risk_profile import load_risk_profile
+
+            load_risk_profile(name)
+        return name
 
 
 def resolve_component(path: str) -> tuple[type, type]:

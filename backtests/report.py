@@ -19,6 +19,7 @@ from nautilus_trader.model.identifiers import Venue
 
 from backtests.runner import RunArtifacts
 from catalog.instruments import VENUE, symbol_of
+from quantum_trader.events import ExitEvent, RiskEvent
 from strategies.base import LIQUIDATION_TAG
 
 DAYS_PER_YEAR = 365
@@ -156,6 +157,50 @@ def signal_stats(signals: pd.DataFrame, strategies: list) -> dict:
     }
 
 
+def exits_by_reason(exits: pd.DataFrame) -> pd.DataFrame:
+    """Per exit reason: the number of exit fills, their PnL (net of the exit fee) and their average R."""
+    if exits.empty:
+        return pd.DataFrame(columns=["count", "pnl", "avg_r"]).rename_axis("reason")
+    grouped = exits.groupby("reason")
+    table = pd.DataFrame(
+        {"count": grouped.size(), "pnl": grouped["pnl"].sum(), "avg_r": grouped["r_multiple"].mean()}
+    )
+    return table.sort_values("count", ascending=False)
+
+
+def risk_event_counts(risk: pd.DataFrame) -> dict:
+    """'source/action/code' -> count, e.g. 'safety_governor/veto/confidence': 12."""
+    if risk.empty:
+        return {}
+    keys = risk["source"] + "/" + risk["action"] + "/" + risk["code"]
+    return {str(k): int(v) for k, v in keys.value_counts().sort_index().items()}
+
+
+def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    reasons = list(table.index)
+    axes[0].barh(reasons, table["count"], color="#1f77b4")
+    axes[0].set_title("exits by reason")
+    colors = ["#2ca02c" if v >= 0 else "#d62728" for v in table["pnl"]]
+    axes[1].barh(reasons, table["pnl"], color=colors)
+    axes[1].set_title("PnL by exit reason (USDT)")
+    axes[1].axvline(0, color="black", lw=0.6)
+    labels = list(risk_counts)
+    axes[2].barh(labels, list(risk_counts.values()), color="#ff7f0e")
+    axes[2].set_title("risk events")
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(run: RunArtifacts, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     engine, cfg = run.engine, run.config
@@ -171,6 +216,13 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     signals = run.signals.frame()
     signals.to_parquet(out / "signals.parquet", index=False)
     funding.to_csv(out / "funding.csv", index=False)
+    exits = run.events.frame(ExitEvent)
+    risk = run.events.frame(RiskEvent)
+    exits.to_csv(out / "exits.csv", index=False)
+    risk.to_csv(out / "risk_events.csv", index=False)
+    exit_table = exits_by_reason(exits)
+    exit_table.to_csv(out / "exits_by_reason.csv")
+    risk_counts = risk_event_counts(risk)
 
     initial = cfg.venue.starting_balance
     stats = {
@@ -185,6 +237,8 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         "funding_payments": len(funding),
         "margin_rejections": sum(getattr(s, "margin_rejections", 0) for s in run.strategies),
         **signal_stats(signals, run.strategies),
+        "exits_by_reason": exit_table.to_dict(orient="index"),
+        "risk_events": risk_counts,
         "fingerprint": fingerprint(fills),
         "wall_seconds": run.wall_seconds,
         "bars_per_second": run.bars / run.wall_seconds if run.wall_seconds > 0 else None,
@@ -199,6 +253,8 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     if len(equity):
         plot_equity(equity, f"{cfg.name}: equity and drawdown", out / "equity.png")
+    if len(exit_table) or risk_counts:
+        plot_exits(exit_table, risk_counts, f"{cfg.name}: exits and risk events", out / "exits.png")
     if cfg.report.tearsheet:
         _tearsheet(engine, out / "tearsheet.html", cfg.name)
     return stats

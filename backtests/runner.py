@@ -23,6 +23,7 @@ from nautilus_trader.model.instruments import Instrument
 from nautilus_trader.model.objects import Money
 
 from actors.equity_recorder import EquityRecorder, EquityRecorderConfig
+from actors.event_recorder import EventRecorder
 from actors.signal_recorder import SignalRecorder
 from backtests.analyzer_fix import buffer_trade_records
 from backtests.config import MEGACAPS, BacktestConfig, build_component_config, resolve_component
@@ -52,6 +53,7 @@ class RunArtifacts:
     funding: FundingModule | None
     equity: EquityRecorder
     signals: SignalRecorder
+    events: EventRecorder
     strategies: list
     start: pd.Timestamp
     end: pd.Timestamp
@@ -217,6 +219,9 @@ def add_components(engine: BacktestEngine, cfg: BacktestConfig, universe: Univer
         "liquidation_guard": cfg.venue.liquidation,
         "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
     }
+    for name in ("exit_profile", "risk_profile"):
+        if getattr(cfg, name) is not None:
+            injected[name] = getattr(cfg, name)
     strategies = []
     for i, comp in enumerate(cfg.strategies):
         cls, _ = resolve_component(comp.path)
@@ -248,6 +253,9 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     engine.add_actor(equity)
     signals = SignalRecorder()
     engine.add_actor(signals)
+    events = EventRecorder()
+    engine.add_actor(events)
+    _bind_risk_engine(engine)
     _add_replayed_signals(engine, cfg, start, end)
     if progress:
         engine.add_actor(
@@ -257,7 +265,16 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     engine.sort_data()
     engine.run(start=start, end=end)
     wall = time.perf_counter() - t0
-    return RunArtifacts(engine, cfg, universe, funding, equity, signals, strategies, start, end, wall, bars)
+    return RunArtifacts(
+        engine, cfg, universe, funding, equity, signals, events, strategies, start, end, wall, bars
+    )
+
+
+def _bind_risk_engine(engine: BacktestEngine) -> None:
+    """The emergency stop halts through Nautilus' own trading state, which lives on the risk engine."""
+    for actor in engine.trader.actors():
+        if hasattr(actor, "bind_risk_engine"):
+            actor.bind_risk_engine(engine.kernel.risk_engine)
 
 
 def _add_replayed_signals(engine: BacktestEngine, cfg: BacktestConfig, start, end) -> None:

@@ -52,3 +52,27 @@ def load_config[M: BaseModel](model: type[M], path: str | Path) -> M:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level, got {type(data).__name__}")
     return parse_config(model, data, str(path))
+
+
+def profile_path(name_or_path: str, directory: Path) -> Path:
+    """`moderate` -> configs/risk/moderate.yaml; anything with a slash or .yaml is a path."""
+    if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        return Path(name_or_path)
+    path = directory / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name_or_path!r}; allowed: {known} or a path to a YAML file")
+    return path
+
+
+def load_profile_data(name_or_path: str, directory: Path) -> dict:
+    path = profile_path(name_or_path, directory)
+    if not path.is_file():
+        raise ConfigError(f"profile file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"profile {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path} must be a mapping")
+    return data

@@ -11,19 +11,35 @@ to us for MARGIN accounts:
   USDT-M contracts: long liq = entry * (1 - 1/leverage + mmr); short liq = entry * (1 + 1/leverage - mmr).
   In a backtest this is how the margin-exhausted position gets closed at its liquidation price; live, the
   exchange liquidates first, and the order is a harmless last line of defence.
+
+Two optional parts, each switched on by naming a profile in the config:
+- `exit_profile` (configs/exits/): the Exit Brain (strategies/exit_brain.py) protects every position with
+  resting reduce-only exits. Entries must then pass the ATR.
+- `risk_profile` (configs/risk/): every entry is sized by the SPEC section 6 formula and reviewed by the
+  risk gates (strategies/risk_control.py); the emergency stop's actions are carried out here, since only a
+  strategy can send orders.
 """
 
+from typing import Any
+
 from nautilus_trader.config import StrategyConfig
+from nautilus_trader.core.data import Data
 from nautilus_trader.model.currencies import USDT
-from nautilus_trader.model.data import Bar, BarType
+from nautilus_trader.model.data import Bar, BarType, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
-from nautilus_trader.model.events import PositionChanged, PositionClosed, PositionOpened
-from nautilus_trader.model.identifiers import InstrumentId
+from nautilus_trader.model.events import OrderFilled, PositionChanged, PositionClosed, PositionOpened
+from nautilus_trader.model.identifiers import ClientId, InstrumentId
 from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
 from nautilus_trader.trading.strategy import Strategy
 
+from quantum_trader.events import OperatorCommand
+from strategies.exit_brain import ExitBrain
+from strategies.exit_profile import exit_profile_from
+from strategies.risk_control import RiskControl, risk_profile_from
+
 LIQUIDATION_TAG = "LIQUIDATION"
+COMMANDS_CLIENT = ClientId("SIGNALS")  # operator commands and our events travel under this client id
 
 
 class QTStrategyConfig(StrategyConfig, frozen=True):
@@ -33,6 +49,8 @@ class QTStrategyConfig(StrategyConfig, frozen=True):
     notional_usd: float = 1000.0
     liquidation_guard: bool = True
     maintenance_margin_rate: float = 0.005
+    exit_profile: str | dict[str, Any] | None = None  # a name in configs/exits/, a path, or a mapping
+    risk_profile: str | dict[str, Any] | None = None  # a name in configs/risk/, a path, or a mapping
 
 
 def liquidation_price(side: PositionSide, entry: float, leverage: float, mmr: float) -> float:
@@ -47,6 +65,10 @@ class QTStrategy(Strategy):
         self.bar_types = [BarType.from_str(b) for b in config.bar_types]
         self._liquidation_orders: dict[InstrumentId, Order] = {}
         self.margin_rejections = 0
+        exit_profile = exit_profile_from(config.exit_profile)
+        self.exit_brain = ExitBrain(self, exit_profile, self._liquidation_price) if exit_profile else None
+        risk_profile = risk_profile_from(config.risk_profile)
+        self.risk = RiskControl(self, risk_profile) if risk_profile else None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -60,7 +82,36 @@ class QTStrategy(Strategy):
                 self.stop()
                 return
             self.subscribe_bars(bar_type)
+        if self.exit_brain is not None or self.risk is not None:
+            self.subscribe_data(DataType(OperatorCommand), client_id=COMMANDS_CLIENT)
+            for bar_type in self.bar_types:  # runs before the subclass' on_bar for the same bar
+                self.msgbus.subscribe(topic=f"data.bars.{bar_type}", handler=self._track_bar, priority=5)
+        if self.risk is not None:
+            self.risk.start([bt.instrument_id for bt in self.bar_types])
         self.on_strategy_start()
+
+    def _track_bar(self, bar: Bar) -> None:
+        if self.exit_brain is not None:
+            self.exit_brain.on_bar(bar)
+        if self.risk is not None:
+            self.risk.on_bar(bar)
+
+    def on_data(self, data: Data) -> None:
+        if isinstance(data, OperatorCommand):
+            if data.action == "close":
+                self._close_on_command(data)
+        elif self.risk is not None:
+            self.risk.on_data(data)
+
+    def _close_on_command(self, command: OperatorCommand) -> None:
+        """An operator's `close` of one symbol (or `*` for all): a market exit with reason manual."""
+        for bar_type in self.bar_types:
+            iid = bar_type.instrument_id
+            if (
+                command.symbol in ("*", iid.symbol.value, str(iid))
+                and self.net_side(iid) != PositionSide.FLAT
+            ):
+                self.exit(iid, "MANUAL")
 
     def on_strategy_start(self) -> None:
         """Hook for subclasses (indicators, state)."""
@@ -70,8 +121,11 @@ class QTStrategy(Strategy):
 
     # ---- trading helpers ---------------------------------------------------------------------------
     def leverage(self, instrument_id: InstrumentId) -> float:
+        """The account's leverage for the instrument: its own setting, else the account default."""
         account = self.portfolio.account(instrument_id.venue)
-        lev = account.leverage(instrument_id) if account is not None else None
+        if account is None:
+            return 1.0
+        lev = account.leverage(instrument_id) or account.default_leverage
         return float(lev) if lev else 1.0
 
     def free_margin(self, instrument_id: InstrumentId) -> float:
@@ -80,9 +134,29 @@ class QTStrategy(Strategy):
         return free.as_double() if free is not None else 0.0
 
     def enter(
-        self, instrument_id: InstrumentId, side: OrderSide, price: float, notional: float | None = None
+        self,
+        instrument_id: InstrumentId,
+        side: OrderSide,
+        price: float,
+        notional: float | None = None,
+        confidence: float = 1.0,
+        atr: float | None = None,
     ) -> bool:
-        """Market entry of `notional` USDT (default from config) if the margin for it is free."""
+        """Market entry if the risk gates (when configured) pass it and the margin for it is free.
+
+        Size: with a risk profile, the SPEC section 6 formula; else `notional` USDT (default from config).
+        `atr` (in price) is required when the Exit Brain is on: R is set from it.
+        """
+        if self.exit_brain is not None and (atr is None or not atr > 0):
+            self.log.error(f"Entry refused for {instrument_id}: the Exit Brain needs the ATR at entry")
+            return False
+        if self.risk is not None:
+            direction = "LONG" if side == OrderSide.BUY else "SHORT"
+            atr_ratio = atr / price if atr is not None else 0.0
+            sizing = self.risk.approve(instrument_id, direction, confidence, price, atr_ratio)
+            if sizing is None:
+                return False
+            notional = sizing.notional
         notional = self.config.notional_usd if notional is None else notional
         instrument = self.cache.instrument(instrument_id)
         qty = instrument.make_qty(notional / price)
@@ -90,7 +164,9 @@ class QTStrategy(Strategy):
             return False
         if not self.margin_available(instrument_id, qty.as_double() * price):
             return False
-        self.submit_order(self.order_factory.market(instrument_id, side, qty))
+        if self.exit_brain is not None:
+            self.exit_brain.prepare(instrument_id, atr)
+        self.submit_order(self.order_factory.market(instrument_id, side, qty, tags=["ENTRY"]))
         return True
 
     def margin_available(self, instrument_id: InstrumentId, notional: float) -> bool:
@@ -102,9 +178,13 @@ class QTStrategy(Strategy):
             return False
         return True
 
-    def exit(self, instrument_id: InstrumentId) -> None:
+    def exit(self, instrument_id: InstrumentId, tag: str = "STRATEGY") -> None:
+        """Close the position at market; `tag` is the exit reason the Exit Brain records."""
         self._cancel_liquidation_order(instrument_id)
-        self.close_all_positions(instrument_id)
+        if self.exit_brain is not None:
+            self.exit_brain.close(instrument_id, tag)
+        else:
+            self.close_all_positions(instrument_id, tags=[tag])
 
     def go_to(self, instrument_id: InstrumentId, want: PositionSide, price: float) -> None:
         """Hold `want` (LONG, SHORT or FLAT) in the instrument: close the other side first, then enter."""
@@ -123,15 +203,33 @@ class QTStrategy(Strategy):
             return PositionSide.SHORT
         return PositionSide.FLAT
 
-    # ---- liquidation guard -------------------------------------------------------------------------
+    # ---- position events: Exit Brain first, then the liquidation guard ------------------------------
+    def on_order_filled(self, event: OrderFilled) -> None:
+        if self.exit_brain is not None:
+            self.exit_brain.on_order_filled(event)
+
     def on_position_opened(self, event: PositionOpened) -> None:
-        self._protect(self.cache.position(event.position_id))
+        position = self.cache.position(event.position_id)
+        if self.exit_brain is not None and position is not None:
+            self.exit_brain.on_position_opened(position)
+        self._protect(position)
 
     def on_position_changed(self, event: PositionChanged) -> None:
-        self._protect(self.cache.position(event.position_id))
+        position = self.cache.position(event.position_id)
+        if self.exit_brain is not None and position is not None:
+            self.exit_brain.on_position_changed(position)
+        self._protect(position)
 
     def on_position_closed(self, event: PositionClosed) -> None:
+        if self.exit_brain is not None:
+            self.exit_brain.on_position_closed(event.instrument_id)
         self._cancel_liquidation_order(event.instrument_id)
+
+    def _liquidation_price(self, position: Position) -> float:
+        lev = self.leverage(position.instrument_id)
+        return liquidation_price(
+            position.side, position.avg_px_open, lev, self.config.maintenance_margin_rate
+        )
 
     def _protect(self, position: Position | None) -> None:
         if not self.config.liquidation_guard or position is None or position.is_closed:
@@ -139,10 +237,7 @@ class QTStrategy(Strategy):
         iid = position.instrument_id
         self._cancel_liquidation_order(iid)
         instrument = self.cache.instrument(iid)
-        lev = self.leverage(iid)
-        price = liquidation_price(
-            position.side, position.avg_px_open, lev, self.config.maintenance_margin_rate
-        )
+        price = self._liquidation_price(position)
         if price <= instrument.price_increment.as_double():
             return  # an unlevered long cannot be liquidated
         order = self.order_factory.stop_market(

@@ -7,11 +7,11 @@ after all bars of that timestamp were processed (the engine runs timers due befo
 live it gives the websocket a moment to deliver every symbol's kline. Same code in both.
 
 Every scored bar becomes a `Signal` (see quantum_trader/events.py) published on the bus, traded or not.
-Entry: confidence >= `entry_threshold`, direction not FLAT, symbol flat and out of cooldown, margin free.
-Exits, until the Exit Brain replaces them: a reduce-only stop-market `stop_atr` ATRs away and a
-take-profit limit `take_profit_atr` ATRs away, both resting at the venue as a bracket (one cancels the
-other). Fills follow the venue's fill timing (README: an order sent at the batch time fills on the next
-bar's close with the default `next_bar_close`).
+Entry: confidence >= the threshold (the risk profile's `entry_confidence`, else `entry_threshold`),
+direction not FLAT, symbol flat and out of cooldown, the risk gates pass it (with a risk profile) and the
+margin is free. Exits: the Exit Brain with `exit_profile` (DEFAULT unless configured), resting at the venue.
+Fills follow the venue's fill timing (README: an order sent at the batch time fills on the next bar's close
+with the default `next_bar_close`).
 """
 
 import msgspec
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import Bar, DataType
-from nautilus_trader.model.enums import OrderSide, OrderType, PositionSide
+from nautilus_trader.model.enums import OrderSide, PositionSide
 from nautilus_trader.model.events import PositionClosed
 from nautilus_trader.model.identifiers import ClientId, InstrumentId
 
-from ml.ensemble import DEFAULT_WEIGHTS, LONG, SHORT, Ensemble, load_ensemble
+from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, load_ensemble
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, N_FEATURES, OnlineFeatures
 from quantum_trader.events import DIRECTIONS, Signal
 from strategies.base import QTStrategy, QTStrategyConfig
@@ -48,8 +48,7 @@ class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
     flat_below: float = 0.0
     cooldown_seconds: int = 120
     allow_short: bool = True
-    stop_atr: float = 1.5
-    take_profit_atr: float = 2.25
+    exit_profile: str | dict | None = "default"
     batch_delay_ms: int = 500
     signal_source: str = "models"  # models | catalog (replay Signal events stored in the catalog)
     trade_start: str | int | None = None  # ISO time or ns: no entries on signals before it (warm-up bars)
@@ -71,6 +70,9 @@ class EnsembleStrategy(QTStrategy):
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
         self._last_trade_ns: dict[InstrumentId, int] = {}
+        self._threshold = (
+            self.risk.profile.entry_confidence if self.risk is not None else config.entry_threshold
+        )
 
     # ---- setup -------------------------------------------------------------------------------------
     def on_strategy_start(self) -> None:
@@ -100,8 +102,11 @@ class EnsembleStrategy(QTStrategy):
 
     def on_data(self, data: Data) -> None:
         """Replay: Signal events stored in the catalog arrive here just before their batch alert fires."""
-        if isinstance(data, Signal) and data.instrument_id in self._slot:
-            self._replayed[self._slot[data.instrument_id]] = data
+        if isinstance(data, Signal):
+            if data.instrument_id in self._slot:
+                self._replayed[self._slot[data.instrument_id]] = data
+            return
+        super().on_data(data)
 
     def _on_batch(self, _event=None) -> None:
         slots = np.fromiter(sorted(self._pending), dtype=np.int64)
@@ -158,9 +163,11 @@ class EnsembleStrategy(QTStrategy):
     def act_on(self, signal: Signal, price: float, atr_ratio: float) -> None:
         cfg = self.config
         iid = signal.instrument_id
+        if self.risk is not None:
+            self.risk.observe_signal(signal.direction)
         if signal.ts_event < self._trade_start_ns:
             return
-        if signal.confidence < cfg.entry_threshold or signal.direction == "FLAT":
+        if signal.confidence < self._threshold or signal.direction == "FLAT":
             return
         if signal.direction == "SHORT" and not cfg.allow_short:
             return
@@ -168,37 +175,14 @@ class EnsembleStrategy(QTStrategy):
             return
         if not np.isfinite(atr_ratio) or atr_ratio <= 0:
             return
-        self._enter_bracket(iid, LONG if signal.direction == "LONG" else SHORT, price, atr_ratio * price)
+        side = OrderSide.BUY if signal.direction == "LONG" else OrderSide.SELL
+        if self.enter(iid, side, price, confidence=signal.confidence, atr=atr_ratio * price):
+            self.entries += 1
+            self._last_trade_ns[iid] = self.clock.timestamp_ns()
 
     def _cooling_down(self, iid: InstrumentId) -> bool:
         last = self._last_trade_ns.get(iid)
         return last is not None and self.clock.timestamp_ns() - last < self.config.cooldown_seconds * 1e9
-
-    def _enter_bracket(self, iid: InstrumentId, direction: int, price: float, atr: float) -> None:
-        instrument = self.cache.instrument(iid)
-        qty = instrument.make_qty(self.config.notional_usd / price)
-        if qty.as_double() <= 0 or not self.margin_available(iid, qty.as_double() * price):
-            return
-        sign = 1.0 if direction == LONG else -1.0
-        stop = price - sign * self.config.stop_atr * atr
-        take = price + sign * self.config.take_profit_atr * atr
-        if stop <= 0 or take <= 0:
-            return
-        bracket = self.order_factory.bracket(
-            instrument_id=iid,
-            order_side=OrderSide.BUY if direction == LONG else OrderSide.SELL,
-            quantity=qty,
-            entry_order_type=OrderType.MARKET,
-            sl_trigger_price=instrument.make_price(stop),
-            tp_price=instrument.make_price(take),
-            tp_post_only=False,
-            entry_tags=["ENTRY"],
-            sl_tags=["SL"],
-            tp_tags=["TP"],
-        )
-        self.submit_order_list(bracket)
-        self.entries += 1
-        self._last_trade_ns[iid] = self.clock.timestamp_ns()
 
     def on_position_closed(self, event: PositionClosed) -> None:
         super().on_position_closed(event)
@@ -226,5 +210,5 @@ def _check_config(cfg: EnsembleStrategyConfig) -> None:
         raise ValueError(f"entry_threshold must be within [0, 1], got {cfg.entry_threshold}")
     if cfg.signal_source not in ("models", "catalog"):
         raise ValueError(f"signal_source must be 'models' or 'catalog', got {cfg.signal_source!r}")
-    if cfg.stop_atr <= 0 or cfg.take_profit_atr <= 0:
-        raise ValueError("stop_atr and take_profit_atr must be positive")
+    if cfg.exit_profile is None:
+        raise ValueError("exit_profile is required: the ensemble's positions are protected by the Exit Brain")

@@ -1,0 +1,179 @@
+"""The strategy side of the risk layer: sizing, the pre-trade gates and the emergency stop's actions.
+
+A strategy with a `risk_profile` owns one `RiskControl`. Before every entry it
+1. refuses while the emergency stop is tripped (its latched state is read from the cache, where the
+   EmergencyStop actor keeps it, so a restarted node with a persistent cache stays halted);
+2. sizes the entry with the SPEC section 6 formula (strategies/sizing.py);
+3. runs the Model Supervisor, Safety Governor and Risk Guard (actors/risk_gates.py) on the intent, the
+   account's equity and drawdowns, the open positions and the correlation of returns with them.
+Every veto is published as a RiskEvent and counted.
+
+Actors cannot send orders, so the emergency stop's `close_losing` and `reduce_exposure` actions arrive here
+as events and are carried out with the Exit Brain's market exits (reason emergency).
+"""
+
+import math
+from typing import Any
+
+from nautilus_trader.core.data import Data
+from nautilus_trader.model.currencies import USDT
+from nautilus_trader.model.data import Bar, DataType
+from nautilus_trader.model.identifiers import ClientId, InstrumentId
+
+from actors.emergency_stop import emergency_state
+from actors.returns_window import ReturnsWindow
+from actors.risk_gates import BookState, EntryIntent, RiskGate, Veto, max_directional_correlation
+from actors.risk_profile import RiskProfile, load_risk_profile
+from quantum_trader.config import parse_config
+from quantum_trader.events import RiskEvent
+from strategies.sizing import Sizing, position_size
+
+RISK_EVENT_TYPE = DataType(RiskEvent)
+EVENTS_CLIENT = ClientId("SIGNALS")
+NS_PER_DAY = 86_400_000_000_000
+
+
+def risk_profile_from(value: str | dict[str, Any] | None) -> RiskProfile | None:
+    """A strategy config's `risk_profile`: a profile name / path, an inline mapping, or None (no gates)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return load_risk_profile(value)
+    return parse_config(RiskProfile, value, "risk_profile")
+
+
+class RiskControl:
+    def __init__(self, strategy, profile: RiskProfile):
+        self.strategy = strategy
+        self.profile = profile
+        self.gate = RiskGate(profile)
+        self.published = 0  # vetoes, blocks and alerts published; the report counts them from the bus
+        self._slot: dict[InstrumentId, int] = {}
+        self._returns: ReturnsWindow | None = None
+        self._day = -1
+        self._week = -1
+        self._day_start = self._week_start = self._peak = math.nan
+
+    # ---- wiring --------------------------------------------------------------------------------------
+    def start(self, instrument_ids: list[InstrumentId]) -> None:
+        self._slot = {iid: i for i, iid in enumerate(instrument_ids)}
+        self._returns = ReturnsWindow(len(instrument_ids), self.profile.correlation_window)
+        self.strategy.subscribe_data(RISK_EVENT_TYPE, client_id=EVENTS_CLIENT)
+
+    def on_bar(self, bar: Bar) -> None:
+        slot = self._slot.get(bar.bar_type.instrument_id)
+        if slot is not None:
+            self._returns.update(slot, bar.close.as_double())
+        day = bar.ts_event // NS_PER_DAY
+        if day != self._day:
+            self._new_day(day)
+
+    def _new_day(self, day: int) -> None:
+        equity = self.equity()
+        if equity is None:
+            return
+        self._day = day
+        self._day_start = equity
+        week = (day + 3) // 7  # 1970-01-01 was a Thursday: weeks start on Monday 00:00 UTC
+        if week != self._week:
+            self._week, self._week_start = week, equity
+        self._peak = equity if math.isnan(self._peak) else max(self._peak, equity)
+
+    def observe_signal(self, direction: str) -> None:
+        self.gate.observe(direction)
+
+    # ---- the entry review ----------------------------------------------------------------------------
+    def approve(
+        self, instrument_id: InstrumentId, direction: str, confidence: float, price: float, atr_ratio: float
+    ) -> Sizing | None:
+        """The sizing of an allowed entry, or None after publishing why it was refused."""
+        symbol = instrument_id.symbol.value
+        state = emergency_state(self.strategy.cache)
+        if state.tripped:
+            self._publish(Veto("emergency_stop", "veto", "halted", f"emergency stop tripped: {state.reason}",
+                               math.nan, math.nan), symbol)  # fmt: skip
+            return None
+        equity = self.equity()
+        if equity is None or equity <= 0:
+            self._publish(
+                Veto("risk_guard", "veto", "equity", f"no positive equity ({equity})", math.nan, 0.0), symbol
+            )
+            return None
+        sizing = position_size(equity, confidence, self.profile, self.strategy.leverage(instrument_id))
+        slot = self._slot[instrument_id]
+        intent = EntryIntent(
+            symbol=symbol,
+            slot=slot,
+            direction=direction,
+            confidence=confidence,
+            price=price,
+            atr_ratio=atr_ratio,
+            margin=sizing.margin,
+            notional=sizing.notional,
+            leverage=sizing.leverage,
+            ts=self.strategy.clock.timestamp_ns(),
+        )
+        book = self._book(equity)
+        correlation = max_directional_correlation(self._returns, slot, direction, book.open_notional)
+        veto = self.gate.review(intent, book, correlation)
+        for alert in self.gate.supervisor.pop_observed():  # observe mode: reported, not enforced
+            self._publish(alert, symbol)
+        if veto is not None:
+            self._publish(veto, symbol)
+            return None
+        return sizing
+
+    def equity(self) -> float | None:
+        strategy = self.strategy
+        venue = next(iter(self._slot)).venue if self._slot else None
+        account = strategy.portfolio.account(venue) if venue is not None else None
+        if account is None:
+            return None
+        balance = account.balance_total(USDT)
+        unrealized = strategy.portfolio.unrealized_pnls(venue)
+        return balance.as_double() + sum(m.as_double() for m in unrealized.values())
+
+    def _book(self, equity: float) -> BookState:
+        if math.isnan(self._day_start):
+            self._day_start = self._week_start = self._peak = equity
+        self._peak = max(self._peak, equity)
+        open_notional = {}
+        for position in self.strategy.cache.positions_open():
+            slot = self._slot.get(position.instrument_id)
+            if slot is not None:
+                last = position.last_px.as_double() if position.last_px is not None else position.avg_px_open
+                open_notional[slot] = position.signed_qty * last
+        return BookState(
+            equity=equity,
+            day_start_equity=self._day_start,
+            week_start_equity=self._week_start,
+            peak_equity=self._peak,
+            open_notional=open_notional,
+        )
+
+    def _publish(self, veto: Veto, symbol: str = "") -> None:
+        self.published += 1
+        self.strategy.publish_data(RISK_EVENT_TYPE, veto.to_event(symbol, self.strategy.clock.timestamp_ns()))
+
+    # ---- the emergency stop's actions and operator commands -------------------------------------------
+    def on_data(self, data: Data) -> None:
+        if isinstance(data, RiskEvent) and data.source == "emergency_stop":
+            if data.action == "close_losing":
+                self._close_losing()
+            elif data.action == "reduce_exposure":
+                self._reduce_all(
+                    data.value if math.isfinite(data.value) else self.profile.emergency.reduce_fraction
+                )
+
+    def _close_losing(self) -> None:
+        for position in self.strategy.cache.positions_open(strategy_id=self.strategy.id):
+            if position.unrealized_pnl(position.last_px).as_double() < 0:
+                self.strategy.exit(position.instrument_id, "EMERGENCY")
+
+    def _reduce_all(self, fraction: float) -> None:
+        brain = self.strategy.exit_brain
+        for position in self.strategy.cache.positions_open(strategy_id=self.strategy.id):
+            if brain is None:  # no partial market exits without the Exit Brain: close the whole position
+                self.strategy.exit(position.instrument_id, "EMERGENCY")
+            elif not brain.is_closing(position.instrument_id):
+                brain.reduce(position.instrument_id, fraction, "EMERGENCY")

@@ -1,0 +1,153 @@
+"""The Exit Brain: each exit reason comes from a price path built for it, and its PnL matches a hand calculation.
+
+Every scenario: one symbol, flat at 100 until a long (or short) entry decided on bar 3 fills at bar 4's close
+(100), 10 units (notional 1000), ATR 1 so R = 1.5. No slippage; taker fee 0.0005 (market and stop fills),
+maker fee 0.0002 (resting take-profit limits). Candles have no wicks: each bar runs from the previous close to
+its own, so a stop or limit level that a close lands on is traded exactly there.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backtests.config import parse_backtest_config
+from backtests.report import write_report
+from backtests.runner import run_backtest
+from tests.conftest import build_catalog, candles
+
+STRATEGY = "tests.strategies_for_tests:EnterWithAtr"
+QTY, TAKER, MAKER = 10.0, 0.0005, 0.0002
+
+
+def path(*legs: float, flat: int = 6, tail: int = 4) -> np.ndarray:
+    """Flat at 100 for `flat` bars, then each leg's close, then the last close repeated `tail` times."""
+    legs = list(legs) or [100.0]
+    return np.array([100.0] * flat + legs + [legs[-1]] * tail)
+
+
+def run_exits(tmp_path, closes, exit_profile, side="BUY", atr=1.0, leverage=5.0, name="run", **extra):
+    catalog = build_catalog(tmp_path / name, {"PATHUSDT": candles(closes, spread=0.0)}).path
+    cfg = parse_backtest_config(
+        {
+            "catalog": str(catalog),
+            "universe": {"select": "all"},
+            "venue": {
+                "slippage_bps": 0,
+                "maker_fee": MAKER,
+                "taker_fee": TAKER,
+                "default_leverage": leverage,
+            },
+            "strategies": [{"path": STRATEGY, "config": {"side": side, "atr": atr, **extra}}],
+            "exit_profile": exit_profile,
+            "report": {"tearsheet": False},
+        }
+    )
+    result = run_backtest(cfg, progress=False)
+    stats = write_report(result, tmp_path / f"{name}-report")
+    exits = pd.read_csv(tmp_path / f"{name}-report" / "exits.csv")
+    return result, stats, exits
+
+
+def expect(exit_row, reason, price, qty, fee, sign=1.0, r=1.5):
+    move = sign * (price - 100.0)
+    assert exit_row["reason"] == reason
+    assert exit_row["exit_price"] == pytest.approx(price)
+    assert exit_row["quantity"] == pytest.approx(qty)
+    assert exit_row["commission"] == pytest.approx(price * qty * fee)
+    assert exit_row["pnl"] == pytest.approx(move * qty - price * qty * fee)
+    assert exit_row["r_multiple"] == pytest.approx(move / r)
+
+
+# ---- DEFAULT: stop 1R (98.5), take-profit 1.5R (102.25), trailing 2 ATR ----------------------------------
+def test_default_take_profit_closes_everything_at_one_and_a_half_r(tmp_path):
+    _, stats, exits = run_exits(tmp_path, path(101.0, 102.25), "default")
+    (row,) = exits.to_dict("records")
+    expect(row, "tp1", 102.25, QTY, MAKER)
+    assert stats["exits_by_reason"]["tp1"]["count"] == 1
+    assert stats["open_positions_at_end"] == 0
+
+
+def test_default_stop_loss_closes_everything_at_minus_one_r(tmp_path):
+    _, _, exits = run_exits(tmp_path, path(99.5, 98.5), "default")
+    (row,) = exits.to_dict("records")
+    expect(row, "sl", 98.5, QTY, TAKER)
+    assert row["r_multiple"] == pytest.approx(-1.0)
+
+
+def test_a_short_stop_loss_sits_above_the_entry(tmp_path):
+    _, _, exits = run_exits(tmp_path, path(100.5, 101.5), "default", side="SELL")
+    (row,) = exits.to_dict("records")
+    expect(row, "sl", 101.5, QTY, TAKER, sign=-1.0)
+
+
+def test_the_trailing_stop_follows_the_best_price_at_two_atr(tmp_path):
+    # Highs 101 and 101.5 pull the stop to 99 and then 99.5 (steps of at least 0.25 ATR); the fall to 99.5
+    # takes it out there: a loss of a third of R instead of a whole R.
+    _, _, exits = run_exits(tmp_path, path(101.0, 101.5, 100.5, 99.5), "default")
+    (row,) = exits.to_dict("records")
+    expect(row, "trailing", 99.5, QTY, TAKER)
+
+
+# ---- CHALLENGE_100: stop 1.5R (97.75), TP1 1R (101.5) 30%, TP2 2R (103) 70%, break-even, 2 h, 1% buffer --
+def test_challenge_tp1_takes_thirty_percent_and_tp2_the_rest(tmp_path):
+    _, stats, exits = run_exits(tmp_path, path(101.5, 102.0, 103.0), "challenge_100")
+    tp1, tp2 = exits.to_dict("records")
+    expect(tp1, "tp1", 101.5, 3.0, MAKER)
+    expect(tp2, "tp2", 103.0, 7.0, MAKER)
+    assert stats["exits_by_reason"]["tp2"]["avg_r"] == pytest.approx(2.0)
+
+
+def test_challenge_moves_the_stop_to_break_even_after_tp1(tmp_path):
+    _, _, exits = run_exits(tmp_path, path(101.5, 100.5, 100.0), "challenge_100")
+    tp1, breakeven = exits.to_dict("records")
+    expect(tp1, "tp1", 101.5, 3.0, MAKER)
+    expect(breakeven, "breakeven", 100.0, 7.0, TAKER)
+    assert breakeven["pnl"] == pytest.approx(-100.0 * 7 * TAKER)  # only the fee
+
+
+def test_challenge_stop_loss_rests_at_one_and_a_half_r(tmp_path):
+    _, _, exits = run_exits(tmp_path, path(99.0, 97.75), "challenge_100")
+    (row,) = exits.to_dict("records")
+    expect(row, "sl", 97.75, QTY, TAKER)
+    assert row["r_multiple"] == pytest.approx(-1.5)
+
+
+def test_challenge_time_stop_closes_at_market_after_two_hours(tmp_path):
+    result, _, exits = run_exits(tmp_path, path(flat=6, tail=40), "challenge_100")
+    (row,) = exits.to_dict("records")
+    expect(row, "time", 100.0, QTY, TAKER)
+    opened = pd.Timestamp("2025-01-01") + pd.Timedelta(minutes=5 * 4)  # entry fill at bar 4's close
+    assert pd.Timestamp(row["ts_event"]).tz_localize(None) - opened >= pd.Timedelta(hours=2)
+
+
+def test_challenge_liquidation_buffer_sets_the_stop_when_the_atr_stop_is_too_close_to_liquidation(tmp_path):
+    # 20x: liquidation at 100 * (1 - 1/20 + 0.005) = 95.5, buffer line 95.5 * 1.01 = 96.455. ATR 2 puts the
+    # 1.5R stop at 95.5, inside the buffer, so the stop rests at the buffer line instead.
+    _, stats, exits = run_exits(tmp_path, path(98.0, 96.455), "challenge_100", atr=2.0, leverage=20.0)
+    (row,) = exits.to_dict("records")
+    expect(row, "liquidation_buffer", 96.455, QTY, TAKER, r=3.0)
+    assert stats["liquidations"] == 0
+
+
+def test_every_exit_order_is_reduce_only_and_rests_at_the_venue(tmp_path):
+    result, _, _ = run_exits(tmp_path, path(101.5, 100.5, 100.0), "challenge_100")
+    orders = result.engine.trader.generate_orders_report()
+    exits = orders[orders["tags"].astype(str).str.contains("SL|TP1|TP2|BREAKEVEN")]
+    assert len(exits) >= 4
+    assert exits["is_reduce_only"].astype(str).str.lower().eq("true").all()
+    assert set(exits["type"]) == {"STOP_MARKET", "LIMIT"}
+
+
+def test_no_exit_profile_means_no_exit_brain(tmp_path):
+    catalog = build_catalog(tmp_path / "c", {"PATHUSDT": candles(path(), spread=0.0)}).path
+    cfg = parse_backtest_config(
+        {
+            "catalog": str(catalog),
+            "strategies": [{"path": "tests.strategies_for_tests:EnterOnce"}],
+            "report": {"tearsheet": False},
+        }
+    )
+    result = run_backtest(cfg, progress=False)
+    assert result.strategies[0].exit_brain is None
+    orders = result.engine.trader.generate_orders_report()
+    assert not orders["tags"].astype(str).str.contains("SL|TP1").any()
