@@ -1,7 +1,8 @@
 """The Emergency Stop System (ESS, SPEC section 6): five evaluators that trip one latched stop.
 
 Evaluators, each tripping with its own `code`:
-- drawdown, checked on a timer every `emergency.check_interval_seconds`: mark-to-market equity (balance +
+- drawdown, checked on a timer every `emergency.check_interval_seconds` (default 300 s, on the UTC grid of
+  that interval, so with 5m bars each check lands on a bar close; see below): mark-to-market equity (balance +
   unrealised PnL on the venue) against the equity at the first check of the UTC day (`daily_drawdown`), of
   the ISO week (`weekly_drawdown`) and the running peak (`emergency_brake`). Trips when a drawdown EXCEEDS
   its limit;
@@ -9,9 +10,10 @@ Evaluators, each tripping with its own `code`:
 - execution errors: MORE than `max_consecutive_errors` OrderRejected / OrderDenied / OrderModifyRejected /
   OrderCancelRejected in a row, on the `events.order.*` topics of every strategy; an OrderAccepted or
   OrderFilled ends the run (`execution_errors`);
-- data feed, on the same timer: the newest bar of any watched bar type (`bar_types`, injected by the runner)
-  is older than `feed_stale_seconds` + `feed_grace_seconds`, or no bar came for that long since the start
-  or the last reset (`feed_stale`);
+- data feed: the newest bar of any watched bar type (`bar_types`, injected by the runner) is older than
+  `feed_stale_seconds` + `feed_grace_seconds`, or no bar came for that long since the start or the last
+  reset (`feed_stale`). A time alert just past that limit is moved on by every new bar, so it fires the
+  moment the feed is stale, not at the next check;
 - manual: an OperatorCommand with action "trip" (`manual`).
 
 A trip is latched: a new day does not clear it. Only an OperatorCommand "reset" (or `reset()`) does, and a
@@ -26,6 +28,12 @@ themselves by calling `emergency_state(cache)` (strategies/risk_control.py). Act
 "close_losing" and "reduce_exposure" (value = the fraction) are carried out by the strategies that receive
 the events. "alert" also logs an error. A reset writes the state back to not tripped, sets the trading
 state to ACTIVE and publishes RiskEvent(action="reset").
+
+Why the checks sit on the bar-close grid: a Nautilus backtest settles pending orders at every timer event.
+A check in the middle of a bar would fill an order sent at the last bar close at that close, which is the
+optimistic `bar_close` timing, and silently replace the documented `next_bar_close` default. Timers on the
+bar grid fire after the bar at that time, so fills keep their timing. Live, a 300 s check finds a stale feed
+at most one interval late.
 
 The risk engine is not reachable from an Actor, so whoever builds the system binds it:
 `ess.bind_risk_engine(kernel.risk_engine)` (backtests/runner.py does it for every actor that has the
@@ -76,6 +84,7 @@ ESS_ANCHORS_KEY = "qt.emergency_stop.anchors"  # Cache general key: JSON bytes o
 ORDER_EVENTS_TOPIC = "events.order.*"
 SOURCE = "emergency_stop"
 CHECK_TIMER = "qt_emergency_stop_check"
+FEED_ALERT = "qt_emergency_stop_feed"
 TRIP_CODES = (
     "daily_drawdown",
     "weekly_drawdown",
@@ -230,6 +239,7 @@ class EmergencyStop(Actor):
         self.cache.add(ESS_STATE_KEY, self._state.to_bytes())
         self._errors = 0
         self._feed_since_ns = now
+        self._arm_feed_watch(now)
         self._anchors = None
         self._check_drawdown(now)  # re-anchors at the current equity
         self._set_trading_state(TradingState.ACTIVE)
@@ -252,12 +262,15 @@ class EmergencyStop(Actor):
         self.subscribe_data(DataType(HealthEvent), client_id=self.client_id)
         self.subscribe_data(DataType(OperatorCommand), client_id=self.client_id)
         self.msgbus.subscribe(topic=ORDER_EVENTS_TOPIC, handler=self._on_order_event)
+        interval_ns = int(self.settings.check_interval_seconds * NS)
         self.clock.set_timer(
             CHECK_TIMER,
-            interval=pd.Timedelta(seconds=self.settings.check_interval_seconds),
+            interval=pd.Timedelta(interval_ns, unit="ns"),
+            start_time=pd.Timestamp(-(-now // interval_ns) * interval_ns, tz="UTC"),
             callback=self._on_check,
         )
         self._check_drawdown(now)
+        self._arm_feed_watch(now)
 
     def on_stop(self) -> None:
         # Nautilus cancels the actor's timers and its own subscriptions; this one was made on the bus directly.
@@ -336,6 +349,19 @@ class EmergencyStop(Actor):
     def on_bar(self, bar: Bar) -> None:
         if bar.ts_init > self._last_bar_ns:
             self._last_bar_ns = bar.ts_init
+            self._arm_feed_watch(bar.ts_init)
+
+    def _arm_feed_watch(self, newest_ns: int) -> None:
+        """An alert just past the stale limit after the newest bar; each new bar moves it on, so it only fires
+        when the feed really stopped (and never between bars of a healthy feed; see the module notes)."""
+        if not self.bar_types:
+            return
+        if FEED_ALERT in self.clock.timer_names:
+            self.clock.cancel_timer(FEED_ALERT)
+        self.clock.set_time_alert_ns(FEED_ALERT, newest_ns + self.stale_after_ns + 1, self._on_feed_alert)
+
+    def _on_feed_alert(self, _event=None) -> None:
+        self._check_feed(self.clock.timestamp_ns())
 
     def _on_order_event(self, event) -> None:
         if isinstance(event, _ERRORS):

@@ -37,7 +37,8 @@ class EventRecorder(Actor):
             rows.append(row)
 
     def frame(self, cls: type) -> pd.DataFrame:
-        df = pd.DataFrame(self.rows[cls])
+        columns = [*cls.__annotations__, "ts_event", "ts_init"]
+        df = pd.DataFrame(self.rows[cls], columns=columns)
         for col in ("ts_event", "ts_init"):
             if col in df:
                 df[col] = pd.to_datetime(df[col], utc=True)

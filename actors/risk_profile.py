@@ -27,7 +27,11 @@ class EmergencySettings(StrictModel):
 
     max_consecutive_errors: int = Field(5, ge=1, description="trips when MORE than this many in a row")
     feed_stale_seconds: float = Field(300.0, gt=0)
-    check_interval_seconds: float = Field(30.0, gt=0)
+    check_interval_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="on the UTC grid of this interval: a multiple of the bar interval keeps fills",
+    )
     actions: list[Literal["halt", "close_losing", "reduce_exposure", "alert"]] = Field(
         default_factory=lambda: ["halt", "close_losing", "reduce_exposure", "alert"]
     )

@@ -27,7 +27,15 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, BarType, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
-from nautilus_trader.model.events import OrderFilled, PositionChanged, PositionClosed, PositionOpened
+from nautilus_trader.model.events import (
+    OrderCanceled,
+    OrderDenied,
+    OrderFilled,
+    OrderRejected,
+    PositionChanged,
+    PositionClosed,
+    PositionOpened,
+)
 from nautilus_trader.model.identifiers import ClientId, InstrumentId
 from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
@@ -39,6 +47,7 @@ from strategies.exit_profile import exit_profile_from
 from strategies.risk_control import RiskControl, risk_profile_from
 
 LIQUIDATION_TAG = "LIQUIDATION"
+ENTRY_TAG = "ENTRY"
 COMMANDS_CLIENT = ClientId("SIGNALS")  # operator commands and our events travel under this client id
 
 
@@ -65,6 +74,7 @@ class QTStrategy(Strategy):
         self.bar_types = [BarType.from_str(b) for b in config.bar_types]
         self._liquidation_orders: dict[InstrumentId, Order] = {}
         self.margin_rejections = 0
+        self._entry_orders: dict[InstrumentId, Order] = {}
         exit_profile = exit_profile_from(config.exit_profile)
         self.exit_brain = ExitBrain(self, exit_profile, self._liquidation_price) if exit_profile else None
         risk_profile = risk_profile_from(config.risk_profile)
@@ -147,6 +157,9 @@ class QTStrategy(Strategy):
         Size: with a risk profile, the SPEC section 6 formula; else `notional` USDT (default from config).
         `atr` (in price) is required when the Exit Brain is on: R is set from it.
         """
+        pending = self._entry_orders.get(instrument_id)
+        if pending is not None and not pending.is_closed:
+            return False  # the last entry has not filled yet: a second one would double the position
         if self.exit_brain is not None and (atr is None or not atr > 0):
             self.log.error(f"Entry refused for {instrument_id}: the Exit Brain needs the ATR at entry")
             return False
@@ -166,7 +179,12 @@ class QTStrategy(Strategy):
             return False
         if self.exit_brain is not None:
             self.exit_brain.prepare(instrument_id, atr)
-        self.submit_order(self.order_factory.market(instrument_id, side, qty, tags=["ENTRY"]))
+        order = self.order_factory.market(instrument_id, side, qty, tags=[ENTRY_TAG])
+        self._entry_orders[instrument_id] = order
+        self.submit_order(order)
+        if self.risk is not None:
+            sign = 1.0 if side == OrderSide.BUY else -1.0
+            self.risk.entry_sent(instrument_id, sign * qty.as_double() * price)
         return True
 
     def margin_available(self, instrument_id: InstrumentId, notional: float) -> bool:
@@ -208,7 +226,23 @@ class QTStrategy(Strategy):
         if self.exit_brain is not None:
             self.exit_brain.on_order_filled(event)
 
+    def on_order_denied(self, event: OrderDenied) -> None:
+        self._entry_failed(event)
+
+    def on_order_rejected(self, event: OrderRejected) -> None:
+        self._entry_failed(event)
+
+    def on_order_canceled(self, event: OrderCanceled) -> None:
+        self._entry_failed(event)
+
+    def _entry_failed(self, event) -> None:
+        order = self.cache.order(event.client_order_id)
+        if self.risk is not None and order is not None and ENTRY_TAG in (order.tags or []):
+            self.risk.entry_done(event.instrument_id)
+
     def on_position_opened(self, event: PositionOpened) -> None:
+        if self.risk is not None:
+            self.risk.entry_done(event.instrument_id)
         position = self.cache.position(event.position_id)
         if self.exit_brain is not None and position is not None:
             self.exit_brain.on_position_opened(position)

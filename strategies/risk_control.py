@@ -53,17 +53,23 @@ class RiskControl:
         self._day = -1
         self._week = -1
         self._day_start = self._week_start = self._peak = math.nan
+        # Entries sent but not yet filled count as open: at one timestamp many symbols are reviewed before
+        # any of their orders fills, and each review must see the ones approved before it.
+        self._pending: dict[int, float] = {}
 
     # ---- wiring --------------------------------------------------------------------------------------
     def start(self, instrument_ids: list[InstrumentId]) -> None:
         self._slot = {iid: i for i, iid in enumerate(instrument_ids)}
         self._returns = ReturnsWindow(len(instrument_ids), self.profile.correlation_window)
+        self._last_close = [math.nan] * len(instrument_ids)
         self.strategy.subscribe_data(RISK_EVENT_TYPE, client_id=EVENTS_CLIENT)
 
     def on_bar(self, bar: Bar) -> None:
         slot = self._slot.get(bar.bar_type.instrument_id)
         if slot is not None:
-            self._returns.update(slot, bar.close.as_double())
+            close = bar.close.as_double()
+            self._returns.update(slot, close)
+            self._last_close[slot] = close
         day = bar.ts_event // NS_PER_DAY
         if day != self._day:
             self._new_day(day)
@@ -123,6 +129,15 @@ class RiskControl:
             return None
         return sizing
 
+    def entry_sent(self, instrument_id: InstrumentId, signed_notional: float) -> None:
+        self._pending[self._slot[instrument_id]] = signed_notional
+
+    def entry_done(self, instrument_id: InstrumentId) -> None:
+        """The entry filled (the position now counts) or failed (nothing counts)."""
+        slot = self._slot.get(instrument_id)
+        if slot is not None:
+            self._pending.pop(slot, None)
+
     def equity(self) -> float | None:
         strategy = self.strategy
         venue = next(iter(self._slot)).venue if self._slot else None
@@ -137,12 +152,12 @@ class RiskControl:
         if math.isnan(self._day_start):
             self._day_start = self._week_start = self._peak = equity
         self._peak = max(self._peak, equity)
-        open_notional = {}
+        open_notional = dict(self._pending)
         for position in self.strategy.cache.positions_open():
             slot = self._slot.get(position.instrument_id)
             if slot is not None:
-                last = position.last_px.as_double() if position.last_px is not None else position.avg_px_open
-                open_notional[slot] = position.signed_qty * last
+                last = self._last_close[slot]
+                open_notional[slot] = position.signed_qty * (last if last == last else position.avg_px_open)
         return BookState(
             equity=equity,
             day_start_equity=self._day_start,
@@ -167,7 +182,9 @@ class RiskControl:
 
     def _close_losing(self) -> None:
         for position in self.strategy.cache.positions_open(strategy_id=self.strategy.id):
-            if position.unrealized_pnl(position.last_px).as_double() < 0:
+            slot = self._slot.get(position.instrument_id)
+            last = self._last_close[slot] if slot is not None else math.nan
+            if last == last and (last - position.avg_px_open) * position.signed_qty < 0:
                 self.strategy.exit(position.instrument_id, "EMERGENCY")
 
     def _reduce_all(self, fraction: float) -> None:

@@ -1,7 +1,7 @@
 """Tiny strategies whose trades a test can compute by hand."""
 
 from nautilus_trader.model.data import Bar
-from nautilus_trader.model.enums import OrderSide
+from nautilus_trader.model.enums import OrderSide, PositionSide
 
 from strategies.base import QTStrategy, QTStrategyConfig
 
@@ -54,3 +54,50 @@ class EnterWithAtr(QTStrategy):
             self.enter(
                 iid, side, bar.close.as_double(), confidence=self.config.confidence, atr=self.config.atr
             )
+
+
+class EnterEverywhereConfig(QTStrategyConfig, frozen=True):
+    start_bar: int = 30
+    direction: str = "alternate"  # long | alternate (by symbol) | short
+    confidence: float = 0.9
+    atr_ratio: float = 0.005
+
+
+class EnterEverywhere(QTStrategy):
+    """An aggressive signal source: every bar, every flat symbol gets an entry signal.
+
+    Records after each timestamp what the book looks like, so a test can check the risk limits held.
+    """
+
+    def on_strategy_start(self) -> None:
+        self.seen: dict = {}
+        self.samples: list[tuple[int, int, float, float]] = []  # ts, open positions, gross notional, equity
+        self._last_ts = 0
+        self._order = {bt.instrument_id: i for i, bt in enumerate(self.bar_types)}
+
+    def on_bar(self, bar: Bar) -> None:
+        iid = bar.bar_type.instrument_id
+        if bar.ts_event != self._last_ts:
+            self._last_ts = bar.ts_event
+            self._sample(bar.ts_event)
+        n = self.seen[iid] = self.seen.get(iid, 0) + 1
+        direction = self._direction(iid)
+        if self.risk is not None:
+            self.risk.observe_signal(direction)
+        if n < self.config.start_bar or self.net_side(iid) != PositionSide.FLAT:
+            return
+        price = bar.close.as_double()
+        side = OrderSide.BUY if direction == "LONG" else OrderSide.SELL
+        self.enter(iid, side, price, confidence=self.config.confidence, atr=self.config.atr_ratio * price)
+
+    def _direction(self, iid) -> str:
+        mode = self.config.direction
+        if mode == "alternate":
+            return "LONG" if self._order[iid] % 2 == 0 else "SHORT"
+        return "LONG" if mode == "long" else "SHORT"
+
+    def _sample(self, ts: int) -> None:
+        positions = self.cache.positions_open()
+        gross = sum(abs(self.portfolio.net_exposure(p.instrument_id).as_double()) for p in positions)
+        equity = self.risk.equity() if self.risk is not None else float("nan")
+        self.samples.append((ts, len(positions), gross, equity))

@@ -159,3 +159,14 @@ def test_every_run_writes_the_full_report(walk_catalog, tmp_path):
                 "fees", "funding", "turnover", "exposure_avg", "trades", "liquidations"]:  # fmt: skip
         assert key in stats
     assert set(pd.read_csv(out / "per_symbol.csv")["symbol"]) == {"T0USDT", "T1USDT", "T2USDT"}
+
+
+def test_the_emergency_stop_does_not_change_fill_timing(ramp_catalog, tmp_path):
+    # A timer between bars would settle the order at the last close; the stop's checks sit on bar closes.
+    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3})
+    cfg = cfg.model_copy(update={"actors": parse_backtest_config(
+        {"strategies": [{"path": ENTER_ONCE}], "actors": [{"path": "actors.emergency_stop:EmergencyStop"}]}
+    ).actors})  # fmt: skip
+    result, _, fills = run(cfg, tmp_path)
+    assert len(result.engine.trader.actors()) >= 1
+    assert fills["avg_px"].iloc[0] == 103.0
