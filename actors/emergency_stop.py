@@ -29,11 +29,10 @@ themselves by calling `emergency_state(cache)` (strategies/risk_control.py). Act
 the events. "alert" also logs an error. A reset writes the state back to not tripped, sets the trading
 state to ACTIVE and publishes RiskEvent(action="reset").
 
-Why the checks sit on the bar-close grid: a Nautilus backtest settles pending orders at every timer event.
-A check in the middle of a bar would fill an order sent at the last bar close at that close, which is the
-optimistic `bar_close` timing, and silently replace the documented `next_bar_close` default. Timers on the
-bar grid fire after the bar at that time, so fills keep their timing. Live, a 300 s check finds a stale feed
-at most one interval late.
+Why the checks sit on the bar-close grid: a Nautilus backtest settles the venue at every timer event, so a
+check between bars is a moment at which orders can fill at the last close. Checks on the bar grid fire after
+the bars of that time, where the strategies act anyway. Live, a 300 s drawdown check is at most one interval
+late; the feed watch does not wait for it.
 
 The risk engine is not reachable from an Actor, so whoever builds the system binds it:
 `ess.bind_risk_engine(kernel.risk_engine)` (backtests/runner.py does it for every actor that has the

@@ -53,6 +53,23 @@ class ReturnsWindow:
         self._ring[slot, n % self.window] = math.log(close / last)
         self._count[slot] = n + 1
 
+    def update_all(self, closes: np.ndarray) -> None:
+        """Record one timestamp's close of every slot at once (NaN where a slot has no price yet).
+
+        Used once per timestamp, after every symbol's bar of it arrived, so every series has the same bars
+        and stays aligned; a slot without a new bar repeats its last close (a zero return).
+        """
+        closes = np.where(np.isfinite(closes) & (closes > 0), closes, np.nan)
+        last = np.asarray(self._last, dtype=np.float64)
+        closes = np.where(np.isnan(closes), last, closes)
+        ok = np.isfinite(last) & np.isfinite(closes)
+        rows = np.flatnonzero(ok)
+        if len(rows):
+            counts = self._count[rows]
+            self._ring[rows, counts % self.window] = np.log(closes[rows] / last[rows])
+            self._count[rows] = counts + 1
+        self._last = closes.tolist()
+
     def n_returns(self, slot: int) -> int:
         """How many returns of `slot` are in the window (at most `window`)."""
         return min(int(self._count[slot]), self.window)

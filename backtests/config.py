@@ -52,7 +52,7 @@ class VenueConfig(StrictModel):
     )
     maker_fee: float | None = Field(None, ge=-0.001, le=0.01)
     taker_fee: float | None = Field(None, ge=0, le=0.01)
-    fill_timing: Literal["next_bar_close", "bar_close"] = "next_bar_close"
+    fill_timing: Literal["bar_close", "next_bar_close"] = "bar_close"
     slippage_bps: float = Field(2.0, ge=0, le=500)
     funding: bool = True
     liquidation: bool = True

@@ -1,8 +1,12 @@
 """Turns a BacktestConfig into a Nautilus BacktestEngine run and a report folder.
 
-Fill timing (see README, "Truthful defaults"): with `fill_timing: next_bar_close` (the default) the venue
-has a 1 ms latency model, and Nautilus then fills a market order sent from `on_bar(N)` at bar N+1's close,
-one full bar after the decision. `bar_close` fills at bar N's own close (zero latency), which is optimistic.
+Fill timing (see README, "Truthful defaults"). Bars are the only prices, so a market order fills at the last
+one: the close of the bar the decision was made on, plus `slippage_bps` (`fill_timing: bar_close`, the
+default; a bot acting within a second of the close trades at about that price). `next_bar_close` makes every
+strategy decision wait for the instrument's next bar (QTStrategy.decide), so it fills at that bar's close.
+The venue has no latency model: Nautilus settles orders after each data point, so a latency would fill an
+order for a symbol processed later in the same timestamp at its old price and the first one at its new
+price: timing would depend on the symbol's place in the sort order.
 """
 
 import logging
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
-from nautilus_trader.backtest.models import LatencyModel, MakerTakerFeeModel
+from nautilus_trader.backtest.models import MakerTakerFeeModel
 from nautilus_trader.config import DataEngineConfig, LoggingConfig, RiskEngineConfig
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.enums import AccountType, OmsType
@@ -168,7 +172,6 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
         leverages=leverages,
         fee_model=MakerTakerFeeModel(),
         fill_model=BpsSlippageFillModel(v.slippage_bps),
-        latency_model=LatencyModel(1_000_000) if v.fill_timing == "next_bar_close" else None,
         modules=[funding] if funding else None,
         bar_execution=True,
         bar_adaptive_high_low_ordering=True,
@@ -218,6 +221,7 @@ def add_components(engine: BacktestEngine, cfg: BacktestConfig, universe: Univer
         "bar_types": tuple(str(bt) for bt in universe.bar_types),
         "liquidation_guard": cfg.venue.liquidation,
         "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
+        "execution_delay_bars": 1 if cfg.venue.fill_timing == "next_bar_close" else 0,
     }
     for name in ("exit_profile", "risk_profile"):
         if getattr(cfg, name) is not None:

@@ -450,17 +450,16 @@ def _close_engine(run) -> None:
 
 
 def window_equity(equity: pd.DataFrame, fold: Fold, initial: float) -> pd.DataFrame:
-    """The equity samples inside [test_start, test_end], starting with a row at test_start."""
+    """The equity samples inside (test_start, test_end], after a row of the starting balance at test_start."""
     before = equity[equity.index < fold.test_start]
     if len(before) and not np.allclose(before[["balance", "equity"]].to_numpy(), initial):
         raise RuntimeError(f"fold {fold.index + 1}: the account moved before its test window started")
-    inside = equity[(equity.index >= fold.test_start) & (equity.index <= fold.test_end)]
+    # The window starts flat at the starting balance; a sample taken at test_start itself may already hold
+    # the first trades (a decision at t_k fills at t_k), so the samples after it carry them.
+    inside = equity[(equity.index > fold.test_start) & (equity.index <= fold.test_end)]
     head = pd.DataFrame(
         {"balance": [initial], "equity": [initial], "gross_exposure": [0.0]}, index=[fold.test_start]
     )
-    if len(inside) and inside.index[0] == fold.test_start:
-        head = inside.iloc[:1]
-        inside = inside.iloc[1:]
     frame = pd.concat([head, inside])
     frame.index.name = "ts"
     return frame.astype(float)

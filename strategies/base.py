@@ -20,6 +20,7 @@ Two optional parts, each switched on by naming a profile in the config:
   strategy can send orders.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from nautilus_trader.config import StrategyConfig
@@ -58,6 +59,7 @@ class QTStrategyConfig(StrategyConfig, frozen=True):
     notional_usd: float = 1000.0
     liquidation_guard: bool = True
     maintenance_margin_rate: float = 0.005
+    execution_delay_bars: int = 0  # 1 = act on the instrument's next bar (the runner sets it: next_bar_close)
     exit_profile: str | dict[str, Any] | None = None  # a name in configs/exits/, a path, or a mapping
     risk_profile: str | dict[str, Any] | None = None  # a name in configs/risk/, a path, or a mapping
 
@@ -75,6 +77,7 @@ class QTStrategy(Strategy):
         self._liquidation_orders: dict[InstrumentId, Order] = {}
         self.margin_rejections = 0
         self._entry_orders: dict[InstrumentId, Order] = {}
+        self._deferred: dict[InstrumentId, list[Callable[[], None]]] = {}
         exit_profile = exit_profile_from(config.exit_profile)
         self.exit_brain = ExitBrain(self, exit_profile, self._liquidation_price) if exit_profile else None
         risk_profile = risk_profile_from(config.risk_profile)
@@ -94,6 +97,7 @@ class QTStrategy(Strategy):
             self.subscribe_bars(bar_type)
         if self.exit_brain is not None or self.risk is not None:
             self.subscribe_data(DataType(OperatorCommand), client_id=COMMANDS_CLIENT)
+        if self.exit_brain is not None or self.risk is not None or self.config.execution_delay_bars:
             for bar_type in self.bar_types:  # runs before the subclass' on_bar for the same bar
                 self.msgbus.subscribe(topic=f"data.bars.{bar_type}", handler=self._track_bar, priority=5)
         if self.risk is not None:
@@ -101,6 +105,9 @@ class QTStrategy(Strategy):
         self.on_strategy_start()
 
     def _track_bar(self, bar: Bar) -> None:
+        if self._deferred:
+            for action in self._deferred.pop(bar.bar_type.instrument_id, ()):
+                action()
         if self.exit_brain is not None:
             self.exit_brain.on_bar(bar)
         if self.risk is not None:
@@ -181,7 +188,7 @@ class QTStrategy(Strategy):
             self.exit_brain.prepare(instrument_id, atr)
         order = self.order_factory.market(instrument_id, side, qty, tags=[ENTRY_TAG])
         self._entry_orders[instrument_id] = order
-        self.submit_order(order)
+        self.decide(instrument_id, lambda: self.submit_order(order))
         if self.risk is not None:
             sign = 1.0 if side == OrderSide.BUY else -1.0
             self.risk.entry_sent(instrument_id, sign * qty.as_double() * price)
@@ -196,13 +203,42 @@ class QTStrategy(Strategy):
             return False
         return True
 
+    def decide(self, instrument_id: InstrumentId, action: Callable[[], None]) -> None:
+        """Carry out a market decision now, or on the instrument's next bar with `execution_delay_bars`.
+
+        A market order reaches the simulated venue at once and fills at the last price, the close of the bar
+        just seen (plus slippage). `fill_timing: next_bar_close` makes every decision wait for the
+        instrument's next bar instead, so it fills at that bar's close: a full bar later, for every symbol
+        alike. (Nautilus settles orders after each data point, so a venue latency would fill an order for a
+        symbol processed later in the same timestamp at its old price: timing could not be held that way.)
+        """
+        if self.config.execution_delay_bars:
+            self._deferred.setdefault(instrument_id, []).append(action)
+        else:
+            action()
+
     def exit(self, instrument_id: InstrumentId, tag: str = "STRATEGY") -> None:
         """Close the position at market; `tag` is the exit reason the Exit Brain records."""
+        self.decide(instrument_id, lambda: self._exit_now(instrument_id, tag))
+
+    def _exit_now(self, instrument_id: InstrumentId, tag: str) -> None:
         self._cancel_liquidation_order(instrument_id)
         if self.exit_brain is not None:
             self.exit_brain.close(instrument_id, tag)
-        else:
-            self.close_all_positions(instrument_id, tags=[tag])
+            return
+        for position in self.cache.positions_open(instrument_id=instrument_id, strategy_id=self.id):
+            self.reduce_at_market(position, position.quantity, tag)
+
+    def reduce_at_market(self, position: Position, quantity, tag: str) -> None:
+        """A reduce-only market order for `quantity` of the position, tagged with its exit reason."""
+        order = self.order_factory.market(
+            instrument_id=position.instrument_id,
+            order_side=OrderSide.SELL if position.side == PositionSide.LONG else OrderSide.BUY,
+            quantity=quantity,
+            reduce_only=True,
+            tags=[tag],
+        )
+        self.submit_order(order)
 
     def go_to(self, instrument_id: InstrumentId, want: PositionSide, price: float) -> None:
         """Hold `want` (LONG, SHORT or FLAT) in the instrument: close the other side first, then enter."""
@@ -231,6 +267,8 @@ class QTStrategy(Strategy):
 
     def on_order_rejected(self, event: OrderRejected) -> None:
         self._entry_failed(event)
+        if self.exit_brain is not None:
+            self.exit_brain.on_order_rejected(self.cache.order(event.client_order_id))
 
     def on_order_canceled(self, event: OrderCanceled) -> None:
         self._entry_failed(event)

@@ -10,8 +10,8 @@ Every scored bar becomes a `Signal` (see quantum_trader/events.py) published on 
 Entry: confidence >= the threshold (the risk profile's `entry_confidence`, else `entry_threshold`),
 direction not FLAT, symbol flat and out of cooldown, the risk gates pass it (with a risk profile) and the
 margin is free. Exits: the Exit Brain with `exit_profile` (DEFAULT unless configured), resting at the venue.
-Fills follow the venue's fill timing (README: an order sent at the batch time fills on the next bar's close
-with the default `next_bar_close`).
+Fills follow the backtest's fill timing (README: an order sent at the batch time fills at the close just
+scored, plus slippage, with the default `bar_close`).
 """
 
 import msgspec

@@ -152,6 +152,18 @@ class ExitBrain:
             managed.tp1_done = True
         self._publish_exit(event, managed, REASON_BY_TAG[tag])
 
+    def on_order_rejected(self, order: Order | None) -> None:
+        """A replacement stop the venue refused (its trigger was already crossed, e.g. the price went back
+        through the entry before the break-even stop arrived): the position is closed at market instead, with
+        the reason that stop would have had."""
+        tag = _role(order)
+        if tag not in STOP_TAGS:
+            return
+        managed = self.positions.get(order.instrument_id)
+        if managed is None or managed.closing or order is not managed.stop_order:
+            return
+        self.close(order.instrument_id, tag)
+
     # ---- per bar: trailing and time stops -----------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         iid = bar.bar_type.instrument_id
@@ -163,7 +175,8 @@ class ExitBrain:
             p.time_stop_minutes is not None
             and bar.ts_event - managed.opened_ns >= p.time_stop_minutes * NS_PER_MINUTE
         ):
-            self.close(iid, "TIME")
+            managed.closing = True  # decided: no trailing or second time stop while it is carried out
+            self.strategy.decide(iid, lambda: self.close(iid, "TIME"))
             return
         if p.trailing_atr is not None:
             self._trail(iid, managed, bar)
@@ -189,7 +202,7 @@ class ExitBrain:
             managed.closing = True
             self._cancel_all(managed)
         if position is not None and not position.is_closed:
-            self._market_reduce(position, position.quantity, tag)
+            self.strategy.reduce_at_market(position, position.quantity, tag)
 
     def reduce(self, instrument_id: InstrumentId, fraction: float, tag: str) -> None:
         """Close `fraction` of the position at market; the resting stop is resized when it fills."""
@@ -203,17 +216,7 @@ class ExitBrain:
         if quantity >= position.quantity:
             self.close(instrument_id, tag, position)
             return
-        self._market_reduce(position, quantity, tag)
-
-    def _market_reduce(self, position: Position, quantity, tag: str) -> None:
-        order = self.strategy.order_factory.market(
-            instrument_id=position.instrument_id,
-            order_side=_closing_side(position.side),
-            quantity=quantity,
-            reduce_only=True,
-            tags=[tag],
-        )
-        self.strategy.submit_order(order)
+        self.strategy.reduce_at_market(position, quantity, tag)
 
     # ---- resting orders ------------------------------------------------------------------------------
     def _initial_stop(self, managed: Managed, position: Position) -> tuple[float, str]:

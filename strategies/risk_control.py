@@ -15,6 +15,7 @@ as events and are carried out with the Exit Brain's market exits (reason emergen
 import math
 from typing import Any
 
+import numpy as np
 from nautilus_trader.core.data import Data
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, DataType
@@ -62,13 +63,21 @@ class RiskControl:
         self._slot = {iid: i for i, iid in enumerate(instrument_ids)}
         self._returns = ReturnsWindow(len(instrument_ids), self.profile.correlation_window)
         self._last_close = [math.nan] * len(instrument_ids)
+        # Returns enter the window one whole timestamp at a time, when the next one begins, so every symbol's
+        # series covers the same bars when an entry is reviewed in the middle of a timestamp.
+        self._closes = np.full(len(instrument_ids), np.nan)
+        self._bar_ts = -1
         self.strategy.subscribe_data(RISK_EVENT_TYPE, client_id=EVENTS_CLIENT)
 
     def on_bar(self, bar: Bar) -> None:
         slot = self._slot.get(bar.bar_type.instrument_id)
+        if bar.ts_event != self._bar_ts:  # the previous timestamp is complete: add it to the returns
+            self._returns.update_all(self._closes)
+            self._closes[:] = np.nan
+            self._bar_ts = bar.ts_event
         if slot is not None:
             close = bar.close.as_double()
-            self._returns.update(slot, close)
+            self._closes[slot] = close
             self._last_close[slot] = close
         day = bar.ts_event // NS_PER_DAY
         if day != self._day:
@@ -193,4 +202,5 @@ class RiskControl:
             if brain is None:  # no partial market exits without the Exit Brain: close the whole position
                 self.strategy.exit(position.instrument_id, "EMERGENCY")
             elif not brain.is_closing(position.instrument_id):
-                brain.reduce(position.instrument_id, fraction, "EMERGENCY")
+                iid = position.instrument_id
+                self.strategy.decide(iid, lambda iid=iid: brain.reduce(iid, fraction, "EMERGENCY"))

@@ -37,23 +37,39 @@ def ramp_catalog(tmp_path):
     return build_catalog(tmp_path / "ramp", {"RAMPUSDT": candles(100.0 + np.arange(60))}).path
 
 
-def test_an_order_decided_on_a_bars_close_fills_at_the_next_bars_close_by_default(ramp_catalog, tmp_path):
+def test_an_order_decided_on_a_bars_close_fills_at_that_close_by_default(ramp_catalog, tmp_path):
     result, _, fills = run(config(ramp_catalog, strategy_config={"enter_on_bar": 3}), tmp_path)
     ((_, decided_ts, decided_close),) = result.strategies[0].decisions
     assert decided_close == 102.0
+    assert fills["avg_px"].iloc[0] == 102.0
+    assert pd.Timestamp(fills["ts_last"].iloc[0]) == pd.Timestamp(decided_ts, tz="UTC")
+
+
+def test_next_bar_close_timing_fills_one_bar_later(ramp_catalog, tmp_path):
+    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3}, fill_timing="next_bar_close")
+    result, _, fills = run(cfg, tmp_path)
+    ((_, decided_ts, _),) = result.strategies[0].decisions
     assert fills["avg_px"].iloc[0] == 103.0
     assert pd.Timestamp(fills["ts_last"].iloc[0]) == pd.Timestamp(decided_ts, tz="UTC") + pd.Timedelta("5min")
 
 
-def test_bar_close_timing_fills_on_the_deciding_bar(ramp_catalog, tmp_path):
-    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3}, fill_timing="bar_close")
-    _, _, fills = run(cfg, tmp_path)
-    assert fills["avg_px"].iloc[0] == 102.0
+@pytest.mark.parametrize(("timing", "bars_later"), [("bar_close", 0), ("next_bar_close", 1)])
+def test_fill_timing_is_the_same_for_every_symbol_of_a_timestamp(tmp_path, timing, bars_later):
+    # Nautilus processes the bars of one timestamp one symbol at a time; no symbol may fill at a price that
+    # belongs to a different bar than its neighbours'.
+    frames = {f"R{i}USDT": candles(100.0 * (i + 1) + np.arange(40) * (i + 1)) for i in range(5)}
+    catalog = build_catalog(tmp_path / "five", frames).path
+    cfg = config(catalog, strategy_config={"enter_on_bar": 3}, fill_timing=timing)
+    result, _, fills = run(cfg, tmp_path)
+    assert len(fills) == 5
+    for _, fill in fills.iterrows():
+        k = int(str(fill["instrument_id"])[1]) + 1  # R{i}: closes 100k, 101k, 102k, ... (k = i + 1)
+        assert fill["avg_px"] == pytest.approx(k * (100.0 + 2 + bars_later)), fill["instrument_id"]
 
 
 def test_slippage_moves_market_fills_against_the_taker(ramp_catalog, tmp_path):
     _, _, fills = run(config(ramp_catalog, strategy_config={"enter_on_bar": 3}, slippage_bps=10), tmp_path)
-    assert fills["avg_px"].iloc[0] == pytest.approx(103.0 * 1.001, abs=1e-4)
+    assert fills["avg_px"].iloc[0] == pytest.approx(102.0 * 1.001, abs=1e-4)
 
 
 def test_taker_fees_are_charged_on_every_fill(ramp_catalog, tmp_path):
@@ -161,12 +177,12 @@ def test_every_run_writes_the_full_report(walk_catalog, tmp_path):
     assert set(pd.read_csv(out / "per_symbol.csv")["symbol"]) == {"T0USDT", "T1USDT", "T2USDT"}
 
 
-def test_the_emergency_stop_does_not_change_fill_timing(ramp_catalog, tmp_path):
-    # A timer between bars would settle the order at the last close; the stop's checks sit on bar closes.
-    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3})
-    cfg = cfg.model_copy(update={"actors": parse_backtest_config(
+@pytest.mark.parametrize(("timing", "price"), [("bar_close", 102.0), ("next_bar_close", 103.0)])
+def test_the_emergency_stops_timers_do_not_change_fill_timing(ramp_catalog, tmp_path, timing, price):
+    cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3}, fill_timing=timing)
+    ess = parse_backtest_config(
         {"strategies": [{"path": ENTER_ONCE}], "actors": [{"path": "actors.emergency_stop:EmergencyStop"}]}
-    ).actors})  # fmt: skip
-    result, _, fills = run(cfg, tmp_path)
-    assert len(result.engine.trader.actors()) >= 1
-    assert fills["avg_px"].iloc[0] == 103.0
+    ).actors
+    result, _, fills = run(cfg.model_copy(update={"actors": ess}), tmp_path)
+    assert any(type(a).__name__ == "EmergencyStop" for a in result.engine.trader.actors())
+    assert fills["avg_px"].iloc[0] == price

@@ -1,6 +1,6 @@
 """The Exit Brain: each exit reason comes from a price path built for it, and its PnL matches a hand calculation.
 
-Every scenario: one symbol, flat at 100 until a long (or short) entry decided on bar 3 fills at bar 4's close
+Every scenario: one symbol, flat at 100 until a long (or short) entry decided on bar 3 fills at its close
 (100), 10 units (notional 1000), ATR 1 so R = 1.5. No slippage; taker fee 0.0005 (market and stop fills),
 maker fee 0.0002 (resting take-profit limits). Candles have no wicks: each bar runs from the previous close to
 its own, so a stop or limit level that a close lands on is traded exactly there.
@@ -116,8 +116,8 @@ def test_challenge_time_stop_closes_at_market_after_two_hours(tmp_path):
     result, _, exits = run_exits(tmp_path, path(flat=6, tail=40), "challenge_100")
     (row,) = exits.to_dict("records")
     expect(row, "time", 100.0, QTY, TAKER)
-    opened = pd.Timestamp("2025-01-01") + pd.Timedelta(minutes=5 * 4)  # entry fill at bar 4's close
-    assert pd.Timestamp(row["ts_event"]).tz_localize(None) - opened >= pd.Timedelta(hours=2)
+    opened = pd.Timestamp("2025-01-01") + pd.Timedelta(minutes=5 * 3)  # entry filled at bar 3's close
+    assert pd.Timestamp(row["ts_event"]).tz_localize(None) - opened == pd.Timedelta(hours=2)
 
 
 def test_challenge_liquidation_buffer_sets_the_stop_when_the_atr_stop_is_too_close_to_liquidation(tmp_path):

@@ -8,6 +8,7 @@ min confidence 0.60, veto at 80% of a drawdown limit, ATR/price 2%, supervisor 7
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from actors.returns_window import ReturnsWindow
@@ -633,3 +634,18 @@ def test_veto_is_a_frozen_value():
     v = Veto("risk_guard", "veto", "positions", "15 positions open, the maximum is 15", 15, 15)
     with pytest.raises(AttributeError):
         v.code = "x"
+
+
+def test_a_whole_timestamp_enters_the_returns_window_at_once_and_stays_aligned():
+    rng = np.random.default_rng(4)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (60, 3)), axis=0))
+    closes[10, 2] = np.nan  # symbol 2 has no bar at t=10: its close repeats
+    window = ReturnsWindow(3, 40)
+    for row in closes:
+        window.update_all(row)
+    filled = pd.DataFrame(closes).ffill()
+    expected = np.log(filled).diff().dropna().tail(40)
+    assert window.n_returns(0) == window.n_returns(2) == 40
+    assert np.allclose(window.returns(2), expected[2].to_numpy())
+    corr = window.correlations(0, np.array([1, 2]))
+    assert np.allclose(corr, [np.corrcoef(expected[0], expected[k])[0, 1] for k in (1, 2)])
