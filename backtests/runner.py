@@ -162,6 +162,7 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
         if v.funding and cfg.universe.market == "futures"
         else None
     )
+    fill_model = BpsSlippageFillModel(v.slippage_bps)
     engine.add_venue(
         venue=VENUE,
         oms_type=OmsType.NETTING,
@@ -171,14 +172,14 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
         default_leverage=Decimal(str(v.default_leverage)),
         leverages=leverages,
         fee_model=MakerTakerFeeModel(),
-        fill_model=BpsSlippageFillModel(v.slippage_bps),
+        fill_model=fill_model,
         modules=[funding] if funding else None,
         bar_execution=True,
         bar_adaptive_high_low_ordering=True,
     )
     for inst in universe.instruments:
         engine.add_instrument(_with_fees(inst, v))
-    return engine, funding
+    return engine, funding, fill_model
 
 
 def _with_fees(inst: Instrument, v) -> Instrument:
@@ -244,11 +245,12 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     store = CatalogStore(Path(cfg.catalog))
     universe = select_universe(store, cfg)
     start, end = resolve_period(store, cfg, universe)
-    engine, funding = build_engine(cfg, store, universe, start, end)
+    engine, funding, fill_model = build_engine(cfg, store, universe, start, end)
     bars = 0
     for bt in universe.bar_types:
         data = store.read_bars(bt, start=start, end=end)
         bars += len(data)
+        fill_model.set_gaps(engine.kernel.clock, data)
         engine.add_data(data, sort=False)
     if bars == 0:
         raise ConfigError(f"no bars between {start} and {end} for the selected universe")

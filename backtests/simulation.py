@@ -5,8 +5,12 @@ Nautilus' Cython backtest carries funding-rate data but settles none, so `Fundin
 position at each 8-hourly funding time: payment = -signed_quantity * price * rate, so longs pay a positive
 rate and shorts receive it, as on Binance. The price is the venue's last price (the bar close) at that time.
 
-`BpsSlippageFillModel` fills market and stop-market orders a fixed number of basis points beyond the best
-price (worse for the taker); limit orders keep the engine's own fill logic.
+`BpsSlippageFillModel` fills market orders a fixed number of basis points beyond the best price and
+stop-market orders that many basis points beyond their trigger (worse for the taker); limit orders keep the
+engine's own fill logic. A bar is swept as four ticks (open, high, low, close), so a stop triggers at the tick
+beyond it while the price passed through the trigger on the way: the trigger is the honest reference. When
+the bar opened beyond the stop (a gap: its open differs from the previous close and is past the stop), the
+fill is at the open.
 """
 
 from dataclasses import dataclass
@@ -81,6 +85,24 @@ class BpsSlippageFillModel(FillModel):
     def __init__(self, slippage_bps: float):
         super().__init__(prob_fill_on_limit=1.0, prob_slippage=0.0, random_seed=0)
         self.slippage = slippage_bps / 10_000.0
+        self._gaps: dict[tuple[InstrumentId, int], float] = {}
+        self._clock = None
+
+    def set_gaps(self, clock, bars) -> None:
+        """Remember the bars that open away from the previous close (gaps), keyed by instrument and time.
+
+        Continuous 5-minute crypto bars open at the previous close, so there are few. `clock` is the
+        engine's: during a bar's sweep it reads that bar's time.
+        """
+        self._clock = clock
+        last: dict[InstrumentId, float] = {}
+        for bar in bars:
+            iid = bar.bar_type.instrument_id
+            previous = last.get(iid)
+            opened = bar.open.as_double()
+            if previous is not None and opened != previous:
+                self._gaps[(iid, bar.ts_init)] = opened
+            last[iid] = bar.close.as_double()
 
     def get_orderbook_for_fill_simulation(self, instrument, order, best_bid: Price, best_ask: Price):
         if self.slippage <= 0 or order.order_type not in _TAKER_TYPES:
@@ -88,8 +110,22 @@ class BpsSlippageFillModel(FillModel):
         book = OrderBook(instrument_id=instrument.id, book_type=BookType.L2_MBP)
         unlimited = Quantity(1e12, instrument.size_precision)
         tick = instrument.price_increment.as_double()
-        bid = max(best_bid.as_double() * (1 - self.slippage), tick)
-        ask = best_ask.as_double() * (1 + self.slippage)
+        bid, ask = best_bid.as_double(), best_ask.as_double()
+        trigger = getattr(order, "trigger_price", None)
+        if trigger is not None and order.order_type != OrderType.MARKET:
+            level = trigger.as_double()
+            gap_open = self._gaps.get((instrument.id, self._clock.timestamp_ns()))
+            gapped = gap_open is not None and (
+                gap_open <= level if order.side == OrderSide.SELL else gap_open >= level
+            )
+            if gapped:  # the bar opened beyond the stop: the fill is at the open
+                bid = ask = gap_open
+            else:
+                # The bar passed through the trigger on its way to the tick that triggered it (its high or
+                # low): the fill is at the trigger.
+                bid = ask = level
+        bid = max(bid * (1 - self.slippage), tick)
+        ask = ask * (1 + self.slippage)
         book.add(BookOrder(OrderSide.BUY, instrument.make_price(bid), unlimited, 1), 0, 0)
         book.add(BookOrder(OrderSide.SELL, instrument.make_price(ask), unlimited, 2), 0, 0)
         return book

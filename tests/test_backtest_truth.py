@@ -186,3 +186,38 @@ def test_the_emergency_stops_timers_do_not_change_fill_timing(ramp_catalog, tmp_
     result, _, fills = run(cfg.model_copy(update={"actors": ess}), tmp_path)
     assert any(type(a).__name__ == "EmergencyStop" for a in result.engine.trader.actors())
     assert fills["avg_px"].iloc[0] == price
+
+
+def test_a_stop_swept_by_a_bar_fills_at_its_trigger_plus_slippage_not_at_the_bars_extreme(tmp_path):
+    # Long at 100.1 (bar 3's close plus 10 bps), stop 1R = 1.5 below at 98.6; the next bar runs 100 -> 97:
+    # the stop fills at 98.6 less 10 bps, not at 97.
+    closes = np.array([100.0] * 6 + [97.0] * 3)
+    catalog = build_catalog(tmp_path / "gap", {"STOPUSDT": candles(closes, spread=0.0)}).path
+    cfg = config(
+        catalog,
+        strategy="tests.strategies_for_tests:EnterWithAtr",
+        strategy_config={"atr": 1.0},
+        slippage_bps=10,
+    )
+    cfg = cfg.model_copy(update={"exit_profile": "default"})
+    _, _, fills = run(cfg, tmp_path)
+    stop = fills[fills["tags"].str.contains("SL")]
+    assert stop["avg_px"].iloc[0] == pytest.approx(98.6 * (1 - 0.001), abs=1e-4)
+
+
+def test_a_stop_the_bar_gaps_through_fills_at_the_open(tmp_path):
+    # Long at 100.1, stop at 98.6; the next bar OPENS at 95 (a gap) and closes at 96: the fill is at the
+    # open less 10 bps, not at the trigger.
+    frame = candles(np.array([100.0] * 6 + [96.0] * 3), spread=0.0)
+    frame.loc[6, "open"] = 95.0
+    frame.loc[6, "low"] = 95.0
+    catalog = build_catalog(tmp_path / "gap", {"GAPUSDT": frame}).path
+    cfg = config(
+        catalog,
+        strategy="tests.strategies_for_tests:EnterWithAtr",
+        strategy_config={"atr": 1.0},
+        slippage_bps=10,
+    )
+    _, _, fills = run(cfg.model_copy(update={"exit_profile": "default"}), tmp_path)
+    stop = fills[fills["tags"].str.contains("SL")]
+    assert stop["avg_px"].iloc[0] == pytest.approx(95.0 * (1 - 0.001), abs=1e-4)

@@ -137,7 +137,7 @@ def assert_no_correlated_positions_overlap(result, frames, limit: float, window:
 
 # ---- flash crash ---------------------------------------------------------------------------------------
 def test_a_flash_crash_trips_the_emergency_stop_and_leaves_no_position_without_a_stop(tmp_path):
-    # 12 uncorrelated symbols, all entered long at bar 30; at bar 100 ten of them fall 20% in one bar. At 4x
+    # 12 uncorrelated symbols, all entered long at bar 30; at bar 100 ten of them gap 20% down. At 4x
     # leverage that is about 22% of equity: over the moderate profile's daily limit. The other two drift up,
     # so they are winners when the stop trips: not closed, but halved. The run ends 15 bars after the crash.
     rng = np.random.default_rng(11)
@@ -148,7 +148,10 @@ def test_a_flash_crash_trips_the_emergency_stop_and_leaves_no_position_without_a
             closes[100:] *= 0.8
         else:
             closes = 100.0 * np.exp(np.cumsum(rng.normal(0.0002, 0.0001, 115)))
-        frames[f"C{i:02d}USDT"] = candles(np.round(closes, 4), spread=0.0)
+        frame = candles(np.round(closes, 4), spread=0.0)
+        if i < 10:  # the crash bar opens 20% down: a gap, so the stops fill there, not at their triggers
+            frame.loc[100, ["open", "high"]] = frame.loc[100, "close"]
+        frames[f"C{i:02d}USDT"] = frame
     observe = profile_file(tmp_path, "moderate", supervisor={"mode": "observe"})
     result, stats, risk, exits = run(
         tmp_path,
