@@ -182,18 +182,28 @@ def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = plt.figure(figsize=(12, 8))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.2])
+    count_ax, pnl_ax, risk_ax = (
+        fig.add_subplot(grid[0, 0]),
+        fig.add_subplot(grid[0, 1]),
+        fig.add_subplot(grid[1, :]),
+    )
     reasons = list(table.index)
-    axes[0].barh(reasons, table["count"], color="#1f77b4")
-    axes[0].set_title("exits by reason")
-    colors = ["#2ca02c" if v >= 0 else "#d62728" for v in table["pnl"]]
-    axes[1].barh(reasons, table["pnl"], color=colors)
-    axes[1].set_title("PnL by exit reason (USDT)")
-    axes[1].axvline(0, color="black", lw=0.6)
+    count_ax.barh(reasons, table["count"], color="#1f77b4")
+    count_ax.set_title("exits by reason (average R in brackets)")
+    for y, (count, avg_r) in enumerate(zip(table["count"], table["avg_r"], strict=True)):
+        count_ax.annotate(f" {int(count)} ({avg_r:+.2f}R)", (count, y), va="center", fontsize=8)
+    pnl_ax.barh(reasons, table["pnl"], color=["#2ca02c" if v >= 0 else "#d62728" for v in table["pnl"]])
+    pnl_ax.set_title("PnL by exit reason (USDT)")
+    pnl_ax.axvline(0, color="black", lw=0.6)
     labels = list(risk_counts)
-    axes[2].barh(labels, list(risk_counts.values()), color="#ff7f0e")
-    axes[2].set_title("risk events")
-    for ax in axes:
+    risk_ax.barh(labels, list(risk_counts.values()), color="#ff7f0e")
+    risk_ax.set_xscale("log")
+    risk_ax.set_title("risk events (source/action/code), log scale")
+    for y, value in enumerate(risk_counts.values()):
+        risk_ax.annotate(f" {value}", (value, y), va="center", fontsize=8)
+    for ax in (count_ax, pnl_ax, risk_ax):
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title)
     fig.tight_layout()

@@ -42,6 +42,7 @@ from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
 from nautilus_trader.trading.strategy import Strategy
 
+from catalog.instruments import symbol_of
 from quantum_trader.events import OperatorCommand
 from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
@@ -124,10 +125,8 @@ class QTStrategy(Strategy):
         """An operator's `close` of one symbol (or `*` for all): a market exit with reason manual."""
         for bar_type in self.bar_types:
             iid = bar_type.instrument_id
-            if (
-                command.symbol in ("*", iid.symbol.value, str(iid))
-                and self.net_side(iid) != PositionSide.FLAT
-            ):
+            names = ("*", symbol_of(iid), iid.symbol.value, str(iid))
+            if command.symbol in names and self.net_side(iid) != PositionSide.FLAT:
                 self.exit(iid, "MANUAL")
 
     def on_strategy_start(self) -> None:

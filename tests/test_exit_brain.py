@@ -25,7 +25,18 @@ def path(*legs: float, flat: int = 6, tail: int = 4) -> np.ndarray:
     return np.array([100.0] * flat + legs + [legs[-1]] * tail)
 
 
-def run_exits(tmp_path, closes, exit_profile, side="BUY", atr=1.0, leverage=5.0, name="run", **extra):
+def run_exits(
+    tmp_path,
+    closes,
+    exit_profile,
+    side="BUY",
+    atr=1.0,
+    leverage=5.0,
+    name="run",
+    risk_profile=None,
+    actors=(),
+    **extra,
+):
     catalog = build_catalog(tmp_path / name, {"PATHUSDT": candles(closes, spread=0.0)}).path
     cfg = parse_backtest_config(
         {
@@ -39,6 +50,8 @@ def run_exits(tmp_path, closes, exit_profile, side="BUY", atr=1.0, leverage=5.0,
             },
             "strategies": [{"path": STRATEGY, "config": {"side": side, "atr": atr, **extra}}],
             "exit_profile": exit_profile,
+            "risk_profile": risk_profile,
+            "actors": list(actors),
             "report": {"tearsheet": False},
         }
     )
@@ -151,3 +164,33 @@ def test_no_exit_profile_means_no_exit_brain(tmp_path):
     assert result.strategies[0].exit_brain is None
     orders = result.engine.trader.generate_orders_report()
     assert not orders["tags"].astype(str).str.contains("SL|TP1").any()
+
+
+# ---- operator and emergency exits: market orders at the last close ----------------------------------------
+INJECTOR = "tests.test_emergency_stop:Injector"
+
+
+def at_minute(minute: int, **command) -> dict:
+    when = str(pd.Timestamp("2025-01-01") + pd.Timedelta(minutes=minute))
+    return {"at": when, "type": "command", "operator": "ops", **command}
+
+
+def test_an_operator_close_command_exits_at_market_with_reason_manual(tmp_path):
+    # 101 closes the bar at 00:35; the command comes at 00:37 and fills at that close.
+    injector = {"path": INJECTOR, "config": {"events": [at_minute(37, action="close", symbol="PATHUSDT")]}}
+    _, _, exits = run_exits(tmp_path, path(101.0), "default", actors=[injector])
+    (row,) = exits.to_dict("records")
+    expect(row, "manual", 101.0, QTY, TAKER)
+
+
+def test_an_emergency_trip_closes_a_losing_position_with_reason_emergency(tmp_path):
+    # Moderate sizing: 10,000 x 2% x (1 + (0.8 - 0.7) x 2) = 240 margin, x5 = 1,200 notional: 12 units.
+    # The price is at 99.5 (losing, the stop at 98.5 untouched) when an operator trips the emergency stop.
+    injector = {"path": INJECTOR, "config": {"events": [at_minute(37, action="trip", reason="drill")]}}
+    ess = {"path": "actors.emergency_stop:EmergencyStop"}
+    _, stats, exits = run_exits(
+        tmp_path, path(99.5), "default", risk_profile="moderate", actors=[injector, ess]
+    )
+    (row,) = exits.to_dict("records")
+    expect(row, "emergency", 99.5, 12.0, TAKER)
+    assert stats["risk_events"]["emergency_stop/trip/manual"] == 1
