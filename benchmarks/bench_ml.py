@@ -3,7 +3,8 @@
 1. Training time of each model on a seed-sized set (54k train / 12k validation rows, 49 features), with
    the best validation loss beside a longer run of the same model (--long) and the zero-forecast loss.
 2. Inference: microseconds per symbol for one batch of 100 symbols, per model and for the ensemble.
-3. Backtest: the EnsembleStrategy vs the empty strategy on the same catalog in the same run: wall time,
+3. Backtest: the EnsembleStrategy, alone and with the Exit Brain and the whole risk layer (CHALLENGE_100,
+   moderate, emergency stop), vs the empty strategy on the same catalog in the same run: wall time,
    bars/s, their ratio (target <= 1.5), and peak memory (target <= 4 GB). The models are trained on the
    same 90 days (70/15/15 split), so this measures throughput, not skill: see `qt walkforward` for that.
 
@@ -113,9 +114,17 @@ def bench_inference(registry: Path, splits, symbols: int = 100, repeats: int = 5
 
 def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float]) -> None:
     walls, left_out, batches = {}, [], 0
-    for name, path, conf in [
-        ("empty", "strategies.empty:Empty", {}),
-        ("ensemble", "strategies.ensemble:EnsembleStrategy", {"registry": str(registry), "notional_usd": 50}),
+    ensemble = ("strategies.ensemble:EnsembleStrategy", {"registry": str(registry), "notional_usd": 50})
+    # The whole risk layer: CHALLENGE_100 exits, moderate sizing and gates, the emergency stop.
+    risk_layer = {
+        "exit_profile": "challenge_100",
+        "risk_profile": "moderate",
+        "actors": [{"path": "actors.emergency_stop:EmergencyStop"}],
+    }
+    for name, (path, conf), extra_cfg in [
+        ("empty", ("strategies.empty:Empty", {}), {}),
+        ("ensemble", ensemble, {}),
+        ("ensemble+risk", ensemble, risk_layer),
     ]:
         cfg = parse_backtest_config(
             {
@@ -124,30 +133,32 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float]) -
                 "venue": {"starting_balance": 100_000, "default_leverage": 1},
                 "strategies": [{"path": path, "config": conf}],
                 "report": {"tearsheet": False},
+                **extra_cfg,
             }
         )
         run = run_backtest(cfg, progress=False)
         walls[name] = run.wall_seconds
         extra = ""
-        if name == "ensemble":
+        if name.startswith("ensemble"):
             voting = run.strategies[0].ensemble.kinds
             left_out = [k for k in KINDS if k not in voting]
             batches = run.signals.frame()["ts_event"].nunique()
-            extra = f", {len(run.signals):,} signals, voting {voting}"
+            extra = f", {len(run.signals):,} signals, {run.strategies[0].entries:,} entries, voting {voting}"
         print(
             f"backtest {name:<8}: {run.bars:,} bars, run {run.wall_seconds:.1f} s = "
             f"{run.bars / run.wall_seconds:,.0f} bars/s{extra}, peak RSS so far {peak_gib():.2f} GiB",
             flush=True,
         )
         del run
-    ratio = walls["ensemble"] / walls["empty"]
-    print(f"backtest: ensemble / empty wall-time ratio {ratio:.2f} (target <= 1.5)")
+    for name in ("ensemble", "ensemble+risk"):
+        print(f"backtest: {name} / empty wall-time ratio {walls[name] / walls['empty']:.2f} (target <= 1.5)")
     if left_out:
         more = batches * sum(per_batch[k] for k in left_out)
         print(
             f"backtest: {left_out} learned nothing on this data and did not vote; voting, they would add about "
             f"{more:.0f} s ({batches:,} batches x their measured batch cost): projected ratio "
-            f"{(walls['ensemble'] + more) / walls['empty']:.2f} (a projection, not a measurement)"
+            f"{(walls['ensemble'] + more) / walls['empty']:.2f} without and "
+            f"{(walls['ensemble+risk'] + more) / walls['empty']:.2f} with the risk layer (a projection, not a measurement)"
         )
 
 
