@@ -49,8 +49,18 @@ def run_demo(out: Path, config_path: Path = Path("configs/demo.yaml"), **overrid
             f"    return {stats['total_return']:+.2%}  max drawdown {stats['max_drawdown']:.2%}  "
             f"trades {stats['trades']}  fees {stats['fees']:.2f}  funding {stats['funding']:+.2f}"
         )
+        if stats.get("exits_by_reason"):
+            exits = ", ".join(f"{r} {v['count']:.0f}" for r, v in stats["exits_by_reason"].items())
+            print(f"    exits by reason: {exits}")
+        if stats.get("risk_events"):
+            print(
+                f"    risk events: {sum(stats['risk_events'].values())} ({len(stats['risk_events'])} kinds)"
+            )
         reports.append(out / bt.name)
-    print("reports:\n" + "\n".join(f"  {r}/  (equity.png, tearsheet.html, stats.json)" for r in reports))
+    print(
+        "reports:\n"
+        + "\n".join(f"  {r}/  (equity.png, exits.png, tearsheet.html, stats.json)" for r in reports)
+    )
     return reports
 
 

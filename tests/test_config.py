@@ -104,3 +104,30 @@ def test_every_shipped_backtest_config_loads():
         cfg = load_backtest_config(path)
         for i, comp in enumerate(cfg.strategies):
             build_component_config(comp, f"strategies[{i}]")
+
+
+def test_an_unknown_exit_or_risk_profile_lists_the_known_ones():
+    msg = error_of({"strategies": STRATEGY, "exit_profile": "challenge_1000"})
+    assert "exit_profile" in msg and "'challenge_100'" in msg and "'default'" in msg
+    msg = error_of({"strategies": STRATEGY, "risk_profile": "reckless"})
+    assert "risk_profile" in msg and "'aggressive'" in msg and "'conservative'" in msg and "'moderate'" in msg
+
+
+def test_a_bad_value_in_a_profile_file_names_the_field_and_the_bound(tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("risk_per_trade: 0.5\nsupervisor: {mode: enforced}\n")
+    msg = error_of({"strategies": STRATEGY, "risk_profile": str(profile)})
+    assert "risk_per_trade" in msg and "0.05" in msg
+    assert "supervisor.mode" in msg and "'enforce'" in msg and "'observe'" in msg
+
+
+def test_an_inconsistent_exit_profile_says_why():
+    from strategies.exit_profile import exit_profile_from
+
+    with pytest.raises(ConfigError) as err:
+        exit_profile_from({"stop_r": 2.0, "take_profits": [{"r": 1.0, "fraction": 0.5}]})
+    msg = str(err.value)
+    assert "stop_r 2.0 exceeds max_stop_r 1.5" in msg
+    with pytest.raises(ConfigError) as err:
+        exit_profile_from({"take_profits": [{"r": 1.0, "fraction": 0.5}]})
+    assert "fractions must add up to 1" in str(err.value)

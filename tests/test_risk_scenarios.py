@@ -226,3 +226,29 @@ def test_the_safety_governor_vetoes_with_its_reason(tmp_path, strategy, code, wo
     assert vetoes["reason"].str.contains(words, regex=False).all()
     assert stats["trades"] == 0 and stats["open_positions_at_end"] == 0
     assert stats["risk_events"][f"safety_governor/veto/{code}"] == len(vetoes)
+
+
+# ---- the liquidation buffer against the liquidation guard ------------------------------------------------
+@pytest.mark.parametrize("buffer", [0.01, None])
+def test_with_the_buffer_on_no_position_reaches_its_liquidation_price(tmp_path, buffer):
+    # 25x: liquidation 3.5% from the entry. The 1.5R stop (2.25 ATR, ATR 2% of the price) would rest 4.5%
+    # away, beyond it. With the 1% buffer the stop rests on the buffer line instead; without it, the
+    # liquidation stop is reached first.
+    frames = {}
+    rng = np.random.default_rng(21)
+    for i in range(32):
+        closes = np.round(100.0 * np.exp(np.cumsum(rng.normal(0, 0.003, 400))), 4)
+        frames[f"L{i:02d}USDT"] = candles(closes, spread=0.0005)
+    exits_file = tmp_path / "challenge.yaml"
+    profile = yaml.safe_load((PROFILE_DIR.parent / "exits" / "challenge_100.yaml").read_text())
+    exits_file.write_text(yaml.safe_dump(profile | {"liquidation_buffer": buffer}))
+    small = profile_file(tmp_path, "aggressive", risk_per_trade=0.01, supervisor={"mode": "observe"})
+    _, stats, _, exits = run(
+        tmp_path, frames, small, strategy={"atr_ratio": 0.02}, leverage=25.0, exits=str(exits_file)
+    )
+    reasons = set(exits["reason"])
+    if buffer is not None:
+        assert "liquidation_buffer" in reasons
+        assert stats["liquidations"] == 0 and "liquidation" not in reasons
+    else:
+        assert stats["liquidations"] > 0 and "liquidation" in reasons
