@@ -74,6 +74,7 @@ from nautilus_trader.model.events import (
 from nautilus_trader.model.identifiers import ClientId, Venue
 
 from actors.equity_recorder import account_equity
+from actors.risk_gates import Veto
 from actors.risk_profile import RiskProfile, load_risk_profile
 from quantum_trader.config import parse_config
 from quantum_trader.events import HealthEvent, OperatorCommand, RiskEvent
@@ -396,15 +397,5 @@ class EmergencyStop(Actor):
         return True
 
     def _publish(self, action: str, code: str, reason: str, value: float = math.nan, limit: float = math.nan):
-        now = self.clock.timestamp_ns()
-        event = RiskEvent(
-            ts_event=now,
-            ts_init=now,
-            source=SOURCE,
-            action=action,
-            code=code,
-            reason=reason,
-            value=float(value),
-            limit=float(limit),
-        )
+        event = Veto(SOURCE, action, code, reason, value, limit).to_event("", self.clock.timestamp_ns())
         self.publish_data(RISK_EVENT_TYPE, event)

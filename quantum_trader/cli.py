@@ -235,6 +235,12 @@ def _print_stats(stats: dict) -> None:
     for k in keys:
         v = stats.get(k)
         print(f"  {k:<16} {v:,.4f}" if isinstance(v, float) else f"  {k:<16} {v}")
+    if stats.get("exits_by_reason"):
+        print("  exits by reason   count        pnl    avg R")
+        for reason, row in stats["exits_by_reason"].items():
+            print(f"    {reason:<18} {row['count']:>4.0f} {row['pnl']:>10.2f} {row['avg_r']:>+8.2f}")
+    for key, count in (stats.get("risk_events") or {}).items():
+        print(f"  risk {key:<48} {count}")
 
 
 if __name__ == "__main__":

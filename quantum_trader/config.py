@@ -41,17 +41,22 @@ def parse_config[M: BaseModel](model: type[M], data: dict[str, Any], source: str
         raise ConfigError(format_validation_error(source, err)) from None
 
 
-def load_config[M: BaseModel](model: type[M], path: str | Path) -> M:
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """A YAML file whose top level is a mapping, or a ConfigError saying what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level, got {type(data).__name__}")
-    return parse_config(model, data, str(path))
+        raise ConfigError(f"{what} {path} must be a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config[M: BaseModel](model: type[M], path: str | Path) -> M:
+    return parse_config(model, read_yaml_mapping(path), str(path))
 
 
 def profile_path(name_or_path: str, directory: Path) -> Path:
@@ -66,13 +71,4 @@ def profile_path(name_or_path: str, directory: Path) -> Path:
 
 
 def load_profile_data(name_or_path: str, directory: Path) -> dict:
-    path = profile_path(name_or_path, directory)
-    if not path.is_file():
-        raise ConfigError(f"profile file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"profile {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"profile {path} must be a mapping")
-    return data
+    return read_yaml_mapping(profile_path(name_or_path, directory), "profile")
