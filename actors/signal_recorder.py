@@ -1,15 +1,15 @@
-"""Keeps every Signal published on the bus during a run, columnar, for the run's report (signals.parquet).
+"""Keeps every decision published on the bus during a run, columnar, for the run's report (signals.parquet).
 
 It listens the way any other consumer would (a dashboard, a Redis stream writer): by subscribing to the
-Signal data type, so what it records is exactly what went over the bus.
+BarCloseSignals type (how the EnsembleStrategy publishes, one event per bar close) and to the Signal type (one
+decision, e.g. replayed from the catalog), so what it records is exactly what went over the bus.
 
-A run at 100 symbols x 90 days publishes 2.6M signals. Numbers go into typed arrays and strings into codes,
-so the recorder holds a few bytes per field instead of millions of Python objects that the garbage
-collector would walk again and again.
+A run at 100 symbols x 90 days makes 2.6M decisions. Batches are kept as the arrays they arrived in (a single
+Signal as a batch of one), so the recorder holds a few bytes per field instead of millions of Python
+objects that the garbage collector would walk again and again.
 """
 
-from array import array
-
+import numpy as np
 import pandas as pd
 from nautilus_trader.common.actor import Actor
 from nautilus_trader.config import ActorConfig
@@ -17,11 +17,10 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import DataType
 from nautilus_trader.model.identifiers import ClientId
 
-from quantum_trader.events import Signal
+from quantum_trader.events import DIRECTION_CODES, MODEL_KINDS, BarCloseSignals, Signal
 
 FIELDS = tuple(name for name in Signal.__annotations__)
-_TEXT = ("instrument_id", "direction", "model_ids", "features_hash")
-_NUMBERS = tuple(f for f in FIELDS if f not in _TEXT)
+_CODE_OF_NAME = {name: code for code, name in DIRECTION_CODES.items()}
 
 
 class SignalRecorderConfig(ActorConfig, frozen=True):
@@ -31,39 +30,89 @@ class SignalRecorderConfig(ActorConfig, frozen=True):
 class SignalRecorder(Actor):
     def __init__(self, config: SignalRecorderConfig | None = None):
         super().__init__(config or SignalRecorderConfig())
-        self._times = {"ts_event": array("q"), "ts_init": array("q")}
-        self._numbers = {name: array("d") for name in _NUMBERS}
-        self._codes = {name: array("i") for name in _TEXT}
-        self._values: dict[str, dict[str, int]] = {name: {} for name in _TEXT}
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._instrument_codes: dict[object, int] = {}
+        self._texts: dict[str, dict[str, int]] = {"model_ids": {}, "features_hash": {}}
 
     def on_start(self) -> None:
-        self.subscribe_data(DataType(Signal), client_id=ClientId(self.config.client_id))
+        client = ClientId(self.config.client_id)
+        self.subscribe_data(DataType(BarCloseSignals), client_id=client)
+        self.subscribe_data(DataType(Signal), client_id=client)
 
     def on_data(self, data: Data) -> None:
-        if not isinstance(data, Signal):
-            return
-        self._times["ts_event"].append(data.ts_event)
-        self._times["ts_init"].append(data.ts_init)
-        for name, column in self._numbers.items():
-            column.append(getattr(data, name))
-        for name, column in self._codes.items():
-            value = str(getattr(data, name))
-            codes = self._values[name]
-            column.append(codes.setdefault(value, len(codes)))
+        if isinstance(data, BarCloseSignals):
+            self._record_batch(data)
+        elif isinstance(data, Signal):
+            self._record_batch(_as_batch(data))
+
+    def _record_batch(self, batch: BarCloseSignals) -> None:
+        n = len(batch)
+        codes = self._instrument_codes
+        chunk = {
+            "ts_event": np.full(n, batch.ts_event, dtype=np.int64),
+            "ts_init": np.full(n, batch.ts_init, dtype=np.int64),
+            "instrument_id": np.fromiter(
+                (codes.setdefault(iid, len(codes)) for iid in batch.instrument_ids), dtype=np.int32, count=n
+            ),
+            "direction": np.asarray(batch.direction, dtype=np.int8),
+            "confidence": np.asarray(batch.confidence, dtype=np.float64),
+            "prob_up": np.asarray(batch.prob_up, dtype=np.float64),
+            "forecast": np.asarray(batch.forecast, dtype=np.float64),
+            "model_ids": np.full(n, self._text("model_ids", batch.model_ids), dtype=np.int32),
+            "features_hash": np.full(n, self._text("features_hash", batch.features_hash), dtype=np.int32),
+        }
+        for kind in MODEL_KINDS:
+            values = batch.votes.get(kind)
+            chunk[f"vote_{kind}"] = (
+                np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+            )
+        self._chunks.append(chunk)
+
+    def _text(self, field: str, value: str) -> int:
+        codes = self._texts[field]
+        return codes.setdefault(value, len(codes))
 
     def __len__(self) -> int:
-        return len(self._times["ts_event"])
+        return sum(len(c["ts_event"]) for c in self._chunks)
 
     def frame(self) -> pd.DataFrame:
+        if not self._chunks:
+            return pd.DataFrame(
+                {name: pd.Series(dtype="float64") for name in ("ts_event", "ts_init", *FIELDS)}
+            )
+        joined = {name: np.concatenate([c[name] for c in self._chunks]) for name in self._chunks[0]}
         columns = {
-            name: pd.to_datetime(pd.Series(col, dtype="int64"), utc=True) for name, col in self._times.items()
+            name: pd.to_datetime(pd.Series(joined[name], dtype="int64"), utc=True)
+            for name in ("ts_event", "ts_init")
+        }
+        names = {
+            "instrument_id": [str(iid) for iid in self._instrument_codes],
+            "model_ids": list(self._texts["model_ids"]),
+            "features_hash": list(self._texts["features_hash"]),
         }
         for name in FIELDS:
-            if name in self._numbers:
-                columns[name] = pd.Series(self._numbers[name], dtype="float64")
+            if name == "direction":
+                labels = pd.Series([DIRECTION_CODES[c] for c in (1, -1, 0)], dtype="str")
+                index = pd.Series(joined[name]).map({1: 0, -1: 1, 0: 2})
+                columns[name] = labels.take(index.to_numpy()).reset_index(drop=True)
+            elif name in names:
+                labels = pd.Series(names[name], dtype="str")
+                columns[name] = labels.take(joined[name]).reset_index(drop=True)
             else:
-                labels = pd.Series(list(self._values[name]), dtype="str")
-                columns[name] = labels.take(pd.Series(self._codes[name], dtype="int64")).reset_index(
-                    drop=True
-                )
+                columns[name] = pd.Series(joined[name], dtype="float64")
         return pd.DataFrame(columns)
+
+
+def _as_batch(signal: Signal) -> BarCloseSignals:
+    return BarCloseSignals(
+        ts_event=signal.ts_event,
+        ts_init=signal.ts_init,
+        instrument_ids=[signal.instrument_id],
+        direction=np.array([_CODE_OF_NAME[signal.direction]], dtype=np.int8),
+        confidence=np.array([signal.confidence]),
+        prob_up=np.array([signal.prob_up]),
+        forecast=np.array([signal.forecast]),
+        votes={kind: np.array([getattr(signal, f"vote_{kind}")]) for kind in MODEL_KINDS},
+        model_ids=signal.model_ids,
+        features_hash=signal.features_hash,
+    )

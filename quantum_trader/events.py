@@ -7,6 +7,7 @@ field types at class creation.
 
 import math
 
+import numpy as np
 from nautilus_trader.core.data import Data
 from nautilus_trader.model.custom import customdataclass
 from nautilus_trader.model.identifiers import InstrumentId
@@ -41,6 +42,76 @@ class Signal(Data):
         return {
             k: getattr(self, f"vote_{k}") for k in MODEL_KINDS if not math.isnan(getattr(self, f"vote_{k}"))
         }
+
+
+DIRECTION_CODES = {1: "LONG", -1: "SHORT", 0: "FLAT"}
+
+
+class BarCloseSignals(Data):
+    """Every decision of one bar close, one row per symbol: how the EnsembleStrategy publishes its Signals.
+
+    The rows hold exactly the fields of `Signal` (`signals()` turns them into Signal events), as columns:
+    `instrument_ids`, `direction` (int8: 1 LONG, -1 SHORT, 0 FLAT), `confidence`, `prob_up`, `forecast`, and
+    `votes` (kind -> each model's vote). At 100 symbols a Python object per decision would cost more than the
+    models themselves (2.6M of them in a 90-day run), so decisions travel and are stored in columns; a
+    consumer that wants one event per symbol calls `signals()`. It is not catalog data: a run stores its
+    batches in signals.parquet, and `ml/research.py` writes Signal events to the catalog for replay.
+
+    (Its name must not start with "Signal": Nautilus subscribes to a data type by the topic prefix
+    "Signal*", so a subscriber to Signal would receive these too.)
+    """
+
+    def __init__(
+        self,
+        ts_event: int,
+        ts_init: int,
+        instrument_ids: list[InstrumentId],
+        direction: np.ndarray,
+        confidence: np.ndarray,
+        prob_up: np.ndarray,
+        forecast: np.ndarray,
+        votes: dict[str, np.ndarray],
+        model_ids: str,
+        features_hash: str,
+    ):
+        self._ts_event = ts_event
+        self._ts_init = ts_init
+        self.instrument_ids = instrument_ids
+        self.direction = direction
+        self.confidence = confidence
+        self.prob_up = prob_up
+        self.forecast = forecast
+        self.votes = votes
+        self.model_ids = model_ids
+        self.features_hash = features_hash
+
+    @property
+    def ts_event(self) -> int:
+        return self._ts_event
+
+    @property
+    def ts_init(self) -> int:
+        return self._ts_init
+
+    def __len__(self) -> int:
+        return len(self.instrument_ids)
+
+    def signal(self, i: int) -> Signal:
+        return Signal(
+            ts_event=self._ts_event,
+            ts_init=self._ts_init,
+            instrument_id=self.instrument_ids[i],
+            direction=DIRECTION_CODES[int(self.direction[i])],
+            confidence=float(self.confidence[i]),
+            prob_up=float(self.prob_up[i]),
+            forecast=float(self.forecast[i]),
+            model_ids=self.model_ids,
+            features_hash=self.features_hash,
+            **{f"vote_{kind}": float(values[i]) for kind, values in self.votes.items()},
+        )
+
+    def signals(self) -> list[Signal]:
+        return [self.signal(i) for i in range(len(self))]
 
 
 EXIT_REASONS = (

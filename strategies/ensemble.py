@@ -25,14 +25,14 @@ from nautilus_trader.model.identifiers import ClientId, InstrumentId
 
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, load_ensemble
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, N_FEATURES, OnlineFeatures
-from quantum_trader.events import DIRECTIONS, Signal
+from quantum_trader.events import DIRECTION_CODES, BarCloseSignals, Signal
 from strategies.base import QTStrategy, QTStrategyConfig
 
 SIGNALS_CLIENT = ClientId("SIGNALS")
-SIGNAL_TYPE = DataType(Signal)  # built once: publish runs for every symbol on every bar
+SIGNAL_TYPE = DataType(Signal)  # replayed from the catalog
+BAR_CLOSE_SIGNALS_TYPE = DataType(BarCloseSignals)  # built once: published at every bar close
 _ATR = FEATURE_NAMES.index("atr_14")
-_DIRECTION_NAME = {1: "LONG", 0: "FLAT", -1: "SHORT"}
-assert set(_DIRECTION_NAME.values()) == set(DIRECTIONS)
+_CODE_OF_NAME = {name: code for code, name in DIRECTION_CODES.items()}
 
 
 class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
@@ -112,23 +112,55 @@ class EnsembleStrategy(QTStrategy):
         slots = np.fromiter(sorted(self._pending), dtype=np.int64)
         bars = [self._pending[s] for s in slots]
         self._pending = {}
-        rows = self._features.update(slots, *_ohlcv(bars))
-        signals = self._replay(slots) if self.ensemble is None else self._score(slots, bars, rows)
-        for slot, signal in signals:
-            self.act_on(signal, bars[slot].close.as_double(), float(rows[slot, _ATR]))
+        ohlcv = _ohlcv(bars)
+        rows = self._features.update(slots, *ohlcv)
+        closes, atr_ratios = ohlcv[3], rows[:, _ATR]
+        if self.ensemble is None:
+            for pos, signal in self._replay(slots):
+                code = _CODE_OF_NAME[signal.direction]
+                self._consider(
+                    signal.instrument_id,
+                    code,
+                    signal.confidence,
+                    signal.ts_event,
+                    closes[pos],
+                    atr_ratios[pos],
+                )
+            return
+        for batch, positions in self._score(slots, bars, rows):
+            self._act_on_batch(batch, closes[positions], atr_ratios[positions])
 
-    def _score(self, slots: np.ndarray, bars: list[Bar], rows: np.ndarray) -> list[tuple[int, Signal]]:
-        """Vote on every slot with a full window; publish each decision. Returns (batch position, signal)."""
+    def _score(
+        self, slots: np.ndarray, bars: list[Bar], rows: np.ndarray
+    ) -> list[tuple[BarCloseSignals, np.ndarray]]:
+        """Vote on every slot with a full window and publish the decisions, one BarCloseSignals per bar close.
+
+        Returns each batch with the positions of its rows in this call's `slots`.
+        """
         ready = np.flatnonzero(self._push_rows(slots, rows))
         if len(ready) == 0:
             return []
         votes = self.ensemble.vote(self._windows[slots[ready]])
+        now = self.clock.timestamp_ns()
+        closes_at = np.fromiter((bars[p].ts_event for p in ready), dtype=np.int64, count=len(ready))
         out = []
-        for i, pos in enumerate(ready):
-            signal = self._make_signal(bars[pos], votes, i)
-            self.publish_data(SIGNAL_TYPE, signal)
-            self.signals_published += 1
-            out.append((int(pos), signal))
+        for ts in np.unique(closes_at).tolist():  # live, a late bar of an earlier close can share this call
+            rows_of = np.flatnonzero(closes_at == ts)
+            batch = BarCloseSignals(
+                ts_event=ts,
+                ts_init=now,
+                instrument_ids=[self._ids[s] for s in slots[ready[rows_of]].tolist()],
+                direction=votes.direction[rows_of],
+                confidence=votes.confidence[rows_of],
+                prob_up=votes.prob_up[rows_of],
+                forecast=votes.forecast[rows_of],
+                votes={kind: votes.votes[rows_of, j] for j, kind in enumerate(self.ensemble.kinds)},
+                model_ids=self.ensemble.model_ids,
+                features_hash=FEATURE_SET_HASH,
+            )
+            self.publish_data(BAR_CLOSE_SIGNALS_TYPE, batch)
+            self.signals_published += len(rows_of)
+            out.append((batch, ready[rows_of]))
         return out
 
     def _replay(self, slots: np.ndarray) -> list[tuple[int, Signal]]:
@@ -144,39 +176,43 @@ class EnsembleStrategy(QTStrategy):
         self._filled[slots] = np.where(finite, self._filled[slots] + 1, 0)
         return self._filled[slots] >= w.shape[1]
 
-    def _make_signal(self, bar: Bar, votes, i: int) -> Signal:
-        per_kind = {name: float(votes.votes[i, j]) for j, name in enumerate(self._vote_fields)}
-        return Signal(
-            ts_event=bar.ts_event,
-            ts_init=self.clock.timestamp_ns(),
-            instrument_id=bar.bar_type.instrument_id,
-            direction=_DIRECTION_NAME[int(votes.direction[i])],
-            confidence=float(votes.confidence[i]),
-            prob_up=float(votes.prob_up[i]),
-            forecast=float(votes.forecast[i]),
-            model_ids=self.ensemble.model_ids,
-            features_hash=FEATURE_SET_HASH,
-            **per_kind,
-        )
-
     # ---- trading -----------------------------------------------------------------------------------
-    def act_on(self, signal: Signal, price: float, atr_ratio: float) -> None:
-        cfg = self.config
-        iid = signal.instrument_id
+    def _act_on_batch(self, batch: BarCloseSignals, closes: np.ndarray, atr_ratios: np.ndarray) -> None:
+        """Entries for the rows that clear the threshold; the rest of the batch costs one numpy pass."""
         if self.risk is not None:
-            self.risk.observe_signal(signal.direction)
-        if signal.ts_event < self._trade_start_ns:
+            self.risk.observe_signals(batch.direction)
+        if batch.ts_event < self._trade_start_ns:
             return
-        if signal.confidence < self._threshold or signal.direction == "FLAT":
+        direction = batch.direction
+        wanted = (direction != 0) & (batch.confidence >= self._threshold)
+        wanted &= np.isfinite(atr_ratios) & (atr_ratios > 0)
+        if not self.config.allow_short:
+            wanted &= direction > 0
+        for i in np.flatnonzero(wanted).tolist():
+            self._enter_if_free(
+                batch.instrument_ids[i],
+                int(direction[i]),
+                float(batch.confidence[i]),
+                closes[i],
+                atr_ratios[i],
+            )
+
+    def _consider(self, iid, direction: int, confidence: float, ts_event: int, price, atr_ratio) -> None:
+        """One replayed Signal: the same rules as a row of a batch."""
+        if self.risk is not None:
+            self.risk.observe_signals(np.array([direction]))
+        if ts_event < self._trade_start_ns or direction == 0 or confidence < self._threshold:
             return
-        if signal.direction == "SHORT" and not cfg.allow_short:
+        if (direction < 0 and not self.config.allow_short) or not (np.isfinite(atr_ratio) and atr_ratio > 0):
             return
+        self._enter_if_free(iid, direction, confidence, price, atr_ratio)
+
+    def _enter_if_free(self, iid: InstrumentId, direction: int, confidence: float, price, atr_ratio) -> None:
         if self.net_side(iid) != PositionSide.FLAT or self._cooling_down(iid):
             return
-        if not np.isfinite(atr_ratio) or atr_ratio <= 0:
-            return
-        side = OrderSide.BUY if signal.direction == "LONG" else OrderSide.SELL
-        if self.enter(iid, side, price, confidence=signal.confidence, atr=atr_ratio * price):
+        price, atr = float(price), float(atr_ratio) * float(price)
+        side = OrderSide.BUY if direction > 0 else OrderSide.SELL
+        if self.enter(iid, side, price, confidence=confidence, atr=atr):
             self.entries += 1
             self._last_trade_ns[iid] = self.clock.timestamp_ns()
 

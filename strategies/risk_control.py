@@ -97,6 +97,13 @@ class RiskControl:
     def observe_signal(self, direction: str) -> None:
         self.gate.observe(direction)
 
+    def observe_signals(self, direction_codes: np.ndarray) -> None:
+        """A batch of decisions (1 LONG, -1 SHORT, 0 FLAT): only its last `window` non-flat ones can still be
+        in the supervisor's window afterwards, so only they are fed."""
+        directions = np.asarray(direction_codes)
+        for code in directions[directions != 0][-self.profile.supervisor.window :].tolist():
+            self.gate.observe("LONG" if code > 0 else "SHORT")
+
     # ---- the entry review ----------------------------------------------------------------------------
     def approve(
         self, instrument_id: InstrumentId, direction: str, confidence: float, price: float, atr_ratio: float
