@@ -57,10 +57,10 @@ def run_demo(out: Path, config_path: Path = Path("configs/demo.yaml"), **overrid
                 f"    risk events: {sum(stats['risk_events'].values())} ({len(stats['risk_events'])} kinds)"
             )
         reports.append(out / bt.name)
-    print(
-        "reports:\n"
-        + "\n".join(f"  {r}/  (equity.png, exits.png, tearsheet.html, stats.json)" for r in reports)
-    )
+    shown = ("equity.png", "exits.png", "tearsheet.html", "stats.json")
+    print("reports:")
+    for report in reports:
+        print(f"  {report}/  ({', '.join(name for name in shown if (report / name).exists())})")
     return reports
 
 
