@@ -75,8 +75,7 @@ from nautilus_trader.model.identifiers import ClientId, Venue
 
 from actors.equity_recorder import account_equity
 from actors.risk_gates import Veto
-from actors.risk_profile import RiskProfile, load_risk_profile
-from quantum_trader.config import parse_config
+from actors.risk_profile import RiskProfile, risk_profile_from
 from quantum_trader.events import HealthEvent, OperatorCommand, RiskEvent
 
 ESS_STATE_KEY = "qt.emergency_stop"  # Cache general key: JSON bytes of EmergencyState
@@ -155,14 +154,6 @@ class _Anchors:
     peak: float
 
 
-def _profile(value: str | dict[str, Any] | None) -> RiskProfile:
-    if value is None:
-        return RiskProfile()
-    if isinstance(value, str):
-        return load_risk_profile(value)
-    return parse_config(RiskProfile, value, "emergency_stop.risk_profile")
-
-
 def _day_and_week(ts_ns: int) -> tuple[str, str]:
     dt = datetime.fromtimestamp(ts_ns / NS, UTC)
     iso = dt.isocalendar()
@@ -173,7 +164,7 @@ class EmergencyStop(Actor):
     def __init__(self, config: EmergencyStopConfig | None = None):
         config = config or EmergencyStopConfig()
         super().__init__(config)
-        self.profile = _profile(config.risk_profile)
+        self.profile = risk_profile_from(config.risk_profile, "emergency_stop.risk_profile") or RiskProfile()
         self.settings = self.profile.emergency
         self.venue = Venue(config.venue)
         self.client_id = ClientId(config.client_id)

@@ -81,3 +81,12 @@ class RiskProfile(StrictModel):
 def load_risk_profile(name_or_path: str) -> RiskProfile:
     data = load_profile_data(name_or_path, PROFILE_DIR)
     return parse_config(RiskProfile, data, f"risk profile {name_or_path}")
+
+
+def risk_profile_from(value: str | dict | None, where: str = "risk_profile") -> RiskProfile | None:
+    """A config's `risk_profile`: a profile name / path, an inline mapping, or None (no risk layer)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return load_risk_profile(value)
+    return parse_config(RiskProfile, value, where)

@@ -42,11 +42,12 @@ from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
 from nautilus_trader.trading.strategy import Strategy
 
+from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import OperatorCommand
 from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
-from strategies.risk_control import RiskControl, risk_profile_from
+from strategies.risk_control import RiskControl
 
 LIQUIDATION_TAG = "LIQUIDATION"
 ENTRY_TAG = "ENTRY"

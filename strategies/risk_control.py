@@ -13,7 +13,6 @@ as events and are carried out with the Exit Brain's market exits (reason emergen
 """
 
 import math
-from typing import Any
 
 import numpy as np
 from nautilus_trader.core.data import Data
@@ -24,23 +23,13 @@ from nautilus_trader.model.identifiers import ClientId, InstrumentId
 from actors.emergency_stop import emergency_state
 from actors.returns_window import ReturnsWindow
 from actors.risk_gates import BookState, EntryIntent, RiskGate, Veto, max_directional_correlation
-from actors.risk_profile import RiskProfile, load_risk_profile
-from quantum_trader.config import parse_config
+from actors.risk_profile import RiskProfile
 from quantum_trader.events import RiskEvent
 from strategies.sizing import Sizing, position_size
 
 RISK_EVENT_TYPE = DataType(RiskEvent)
 EVENTS_CLIENT = ClientId("SIGNALS")
 NS_PER_DAY = 86_400_000_000_000
-
-
-def risk_profile_from(value: str | dict[str, Any] | None) -> RiskProfile | None:
-    """A strategy config's `risk_profile`: a profile name / path, an inline mapping, or None (no gates)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return load_risk_profile(value)
-    return parse_config(RiskProfile, value, "risk_profile")
 
 
 class RiskControl:
