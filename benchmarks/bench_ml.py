@@ -5,24 +5,29 @@
 2. Inference: microseconds per symbol for one batch of 100 symbols, per model and for the ensemble.
 3. Backtest: the EnsembleStrategy, alone and with the Exit Brain and the whole risk layer (CHALLENGE_100,
    moderate, emergency stop), vs the empty strategy on the same catalog in the same run: wall time,
-   bars/s, their ratio (target <= 1.5), and peak memory (target <= 4 GB). The models are trained on the
+   bars/s, their ratio (target <= 1.5), and the peak memory of each backtest's own `qt backtest` process
+   (target <= 4 GB). The models are trained on the
    same 90 days (70/15/15 split), so this measures throughput, not skill: see `qt walkforward` for that.
 
 Prints figures; asserts nothing. `--symbols/--days` shrink it for a quick look.
 """
 
 import argparse
+import json
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import yaml
 from common import write_research_set
 
-from backtests.config import parse_backtest_config
-from backtests.runner import run_backtest
 from catalog.ingest import ingest
 from ml.ensemble import Ensemble, Member
 from ml.train import KINDS, TrainConfig, build_splits, make_model, train
@@ -112,7 +117,8 @@ def bench_inference(registry: Path, splits, symbols: int = 100, repeats: int = 5
     return per_batch
 
 
-def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float]) -> None:
+def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], out: Path) -> None:
+    """Each backtest runs in a process of its own (`qt backtest`), so its peak memory is its own."""
     walls, left_out, batches = {}, [], 0
     ensemble = ("strategies.ensemble:EnsembleStrategy", {"registry": str(registry), "notional_usd": 50})
     # The whole risk layer: CHALLENGE_100 exits, moderate sizing and gates, the emergency stop.
@@ -126,30 +132,30 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float]) -
         ("ensemble", ensemble, {}),
         ("ensemble+risk", ensemble, risk_layer),
     ]:
-        cfg = parse_backtest_config(
-            {
-                "catalog": str(catalog),
-                "universe": {"select": "all", "market": "spot"},
-                "venue": {"starting_balance": 100_000, "default_leverage": 1},
-                "strategies": [{"path": path, "config": conf}],
-                "report": {"tearsheet": False},
-                **extra_cfg,
-            }
-        )
-        run = run_backtest(cfg, progress=False)
-        walls[name] = run.wall_seconds
+        cfg = {
+            "name": name,
+            "catalog": str(catalog),
+            "universe": {"select": "all", "market": "spot"},
+            "venue": {"starting_balance": 100_000, "default_leverage": 1},
+            "strategies": [{"path": path, "config": conf}],
+            "report": {"tearsheet": False},
+            **extra_cfg,
+        }
+        stats, peak = _backtest_process(cfg, out / name)
+        walls[name] = stats["wall_seconds"]
         extra = ""
         if name.startswith("ensemble"):
-            voting = run.strategies[0].ensemble.kinds
+            voting = sorted({m.split("-")[0] for m in stats["models"]})
             left_out = [k for k in KINDS if k not in voting]
-            batches = run.signals.frame()["ts_event"].nunique()
-            extra = f", {len(run.signals):,} signals, {run.strategies[0].entries:,} entries, voting {voting}"
+            batches = pd.read_parquet(out / name / "signals.parquet", columns=["ts_event"])[
+                "ts_event"
+            ].nunique()
+            extra = f", {stats['signals']:,} signals, {stats['entries']:,} entries, voting {voting}"
         print(
-            f"backtest {name:<8}: {run.bars:,} bars, run {run.wall_seconds:.1f} s = "
-            f"{run.bars / run.wall_seconds:,.0f} bars/s{extra}, peak RSS so far {peak_gib():.2f} GiB",
+            f"backtest {name:<8}: {stats['bars']:,} bars, run {walls[name]:.1f} s = "
+            f"{stats['bars'] / walls[name]:,.0f} bars/s{extra}, peak RSS of its process {peak:.2f} GiB",
             flush=True,
         )
-        del run
     for name in ("ensemble", "ensemble+risk"):
         print(f"backtest: {name} / empty wall-time ratio {walls[name] / walls['empty']:.2f} (target <= 1.5)")
     if left_out:
@@ -160,6 +166,20 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float]) -
             f"{(walls['ensemble'] + more) / walls['empty']:.2f} without and "
             f"{(walls['ensemble+risk'] + more) / walls['empty']:.2f} with the risk layer (a projection, not a measurement)"
         )
+
+
+def _backtest_process(cfg: dict, out: Path) -> tuple[dict, float]:
+    """`qt backtest` in a child process: its stats.json and its own peak resident memory in GiB."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "config-in.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "quantum_trader.cli", "backtest", str(config), "--out", str(out)]
+    child = subprocess.Popen([*command, "--no-progress"], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)  # the rusage of this child alone
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {child.returncode}")
+    return json.loads((out / "stats.json").read_text()), usage.ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -177,7 +197,7 @@ def main() -> None:
     splits, _ = build_splits(cfg)
     per_batch = bench_inference(tmp / "models", splits, min(100, args.symbols * 10))
     if not args.skip_backtest:
-        bench_backtest(tmp / "catalog", tmp / "models", per_batch)
+        bench_backtest(tmp / "catalog", tmp / "models", per_batch, tmp / "backtests")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
