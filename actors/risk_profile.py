@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from quantum_trader.config import StrictModel, load_profile_data, parse_config
+from quantum_trader.config import StrictModel, profile_from
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "risk"
 
@@ -79,14 +79,9 @@ class RiskProfile(StrictModel):
 
 
 def load_risk_profile(name_or_path: str) -> RiskProfile:
-    data = load_profile_data(name_or_path, PROFILE_DIR)
-    return parse_config(RiskProfile, data, f"risk profile {name_or_path}")
+    return risk_profile_from(name_or_path)
 
 
 def risk_profile_from(value: str | dict | None, where: str = "risk_profile") -> RiskProfile | None:
     """A config's `risk_profile`: a profile name / path, an inline mapping, or None (no risk layer)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return load_risk_profile(value)
-    return parse_config(RiskProfile, value, where)
+    return profile_from(RiskProfile, value, PROFILE_DIR, where)

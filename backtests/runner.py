@@ -162,7 +162,7 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
         if v.funding and cfg.universe.market == "futures"
         else None
     )
-    fill_model = BpsSlippageFillModel(v.slippage_bps)
+    fill_model = BpsSlippageFillModel(v.slippage_bps, engine.kernel.clock)
     engine.add_venue(
         venue=VENUE,
         oms_type=OmsType.NETTING,
@@ -250,7 +250,7 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     for bt in universe.bar_types:
         data = store.read_bars(bt, start=start, end=end)
         bars += len(data)
-        fill_model.set_gaps(engine.kernel.clock, data)
+        fill_model.add_gaps(data)
         engine.add_data(data, sort=False)
     if bars == 0:
         raise ConfigError(f"no bars between {start} and {end} for the selected universe")

@@ -82,19 +82,18 @@ class FundingModule(SimulationModule):
 
 
 class BpsSlippageFillModel(FillModel):
-    def __init__(self, slippage_bps: float):
+    def __init__(self, slippage_bps: float, clock):
+        """`clock` is the engine's: during a bar's sweep it reads that bar's time."""
         super().__init__(prob_fill_on_limit=1.0, prob_slippage=0.0, random_seed=0)
         self.slippage = slippage_bps / 10_000.0
         self._gaps: dict[tuple[InstrumentId, int], float] = {}
-        self._clock = None
+        self._clock = clock
 
-    def set_gaps(self, clock, bars) -> None:
+    def add_gaps(self, bars) -> None:
         """Remember the bars that open away from the previous close (gaps), keyed by instrument and time.
 
-        Continuous 5-minute crypto bars open at the previous close, so there are few. `clock` is the
-        engine's: during a bar's sweep it reads that bar's time.
+        Continuous 5-minute crypto bars open at the previous close, so there are few.
         """
-        self._clock = clock
         last: dict[InstrumentId, float] = {}
         for bar in bars:
             iid = bar.bar_type.instrument_id

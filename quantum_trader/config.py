@@ -72,3 +72,14 @@ def profile_path(name_or_path: str, directory: Path) -> Path:
 
 def load_profile_data(name_or_path: str, directory: Path) -> dict:
     return read_yaml_mapping(profile_path(name_or_path, directory), "profile")
+
+
+def profile_from[M: BaseModel](
+    model: type[M], value: str | dict | None, directory: Path, where: str
+) -> M | None:
+    """A config's profile field: a name in `directory`, a path to a YAML file, an inline mapping, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_config(model, load_profile_data(value, directory), f"{where} {value}")
+    return parse_config(model, value, where)

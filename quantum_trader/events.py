@@ -12,7 +12,6 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.model.custom import customdataclass
 from nautilus_trader.model.identifiers import InstrumentId
 
-DIRECTIONS = ("LONG", "SHORT", "FLAT")
 MODEL_KINDS = ("xgboost", "lightgbm", "nhits", "patchtst")
 
 

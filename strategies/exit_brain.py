@@ -84,7 +84,6 @@ class ExitBrain:
         self._liquidation_price_of = liquidation_price_of
         self._atr_at_entry: dict[InstrumentId, float] = {}
         self.positions: dict[InstrumentId, Managed] = {}
-        self.exits_by_reason: dict[str, int] = {}
 
     # ---- position lifecycle (called by the strategy's handlers) -------------------------------------
     def prepare(self, instrument_id: InstrumentId, atr: float) -> None:
@@ -313,7 +312,6 @@ class ExitBrain:
             position_id=str(event.position_id) if event.position_id is not None else "",
             order_id=str(event.client_order_id),
         )
-        self.exits_by_reason[reason] = self.exits_by_reason.get(reason, 0) + 1
         self.strategy.publish_data(EXIT_EVENT_TYPE, exit_event)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from quantum_trader.config import StrictModel, load_profile_data, parse_config
+from quantum_trader.config import StrictModel, profile_from
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "exits"
 
@@ -56,15 +56,9 @@ class ExitProfile(StrictModel):
 
 
 def load_exit_profile(name_or_path: str) -> ExitProfile:
-    return parse_config(
-        ExitProfile, load_profile_data(name_or_path, PROFILE_DIR), f"exit profile {name_or_path}"
-    )
+    return exit_profile_from(name_or_path)
 
 
 def exit_profile_from(value: str | dict | None) -> ExitProfile | None:
     """A strategy config's `exit_profile`: a profile name / path, an inline mapping, or None (no Exit Brain)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return load_exit_profile(value)
-    return parse_config(ExitProfile, value, "exit_profile")
+    return profile_from(ExitProfile, value, PROFILE_DIR, "exit_profile")

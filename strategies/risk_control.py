@@ -16,11 +16,11 @@ import math
 
 import numpy as np
 from nautilus_trader.core.data import Data
-from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, DataType
 from nautilus_trader.model.identifiers import ClientId, InstrumentId
 
 from actors.emergency_stop import emergency_state
+from actors.equity_recorder import account_equity
 from actors.returns_window import ReturnsWindow
 from actors.risk_gates import BookState, EntryIntent, RiskGate, Veto, max_directional_correlation
 from actors.risk_profile import RiskProfile
@@ -37,7 +37,6 @@ class RiskControl:
         self.strategy = strategy
         self.profile = profile
         self.gate = RiskGate(profile)
-        self.published = 0  # vetoes, blocks and alerts published; the report counts them from the bus
         self._slot: dict[InstrumentId, int] = {}
         self._returns: ReturnsWindow | None = None
         self._day = -1
@@ -144,14 +143,8 @@ class RiskControl:
             self._pending.pop(slot, None)
 
     def equity(self) -> float | None:
-        strategy = self.strategy
         venue = next(iter(self._slot)).venue if self._slot else None
-        account = strategy.portfolio.account(venue) if venue is not None else None
-        if account is None:
-            return None
-        balance = account.balance_total(USDT)
-        unrealized = strategy.portfolio.unrealized_pnls(venue)
-        return balance.as_double() + sum(m.as_double() for m in unrealized.values())
+        return account_equity(self.strategy.portfolio, venue) if venue is not None else None
 
     def _book(self, equity: float) -> BookState:
         if math.isnan(self._day_start):
@@ -172,7 +165,6 @@ class RiskControl:
         )
 
     def _publish(self, veto: Veto, symbol: str = "") -> None:
-        self.published += 1
         self.strategy.publish_data(RISK_EVENT_TYPE, veto.to_event(symbol, self.strategy.clock.timestamp_ns()))
 
     # ---- the emergency stop's actions and operator commands -------------------------------------------
