@@ -101,6 +101,9 @@ class BacktestConfig(StrictModel):
         None, description="configs/risk/<name>.yaml or a path; given to every component with the field"
     )
     seed: int = 42
+    stream_days: float = Field(
+        1.0, gt=0, description="bars are handed to the engine this many days at a time (bounds memory)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "ERROR"
 
     @field_validator("exit_profile")

@@ -30,6 +30,7 @@ from actors.equity_recorder import EquityRecorder, EquityRecorderConfig
 from actors.event_recorder import EventRecorder
 from actors.signal_recorder import SignalRecorder
 from backtests.analyzer_fix import buffer_trade_records
+from backtests.bar_feed import BarFeed
 from backtests.config import MEGACAPS, BacktestConfig, build_component_config, resolve_component
 from backtests.progress import ProgressActor, ProgressActorConfig
 from backtests.simulation import BpsSlippageFillModel, FundingModule
@@ -246,14 +247,12 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     universe = select_universe(store, cfg)
     start, end = resolve_period(store, cfg, universe)
     engine, funding, fill_model = build_engine(cfg, store, universe, start, end)
-    bars = 0
-    for bt in universe.bar_types:
-        data = store.read_bars(bt, start=start, end=end)
-        bars += len(data)
-        fill_model.add_gaps(data)
-        engine.add_data(data, sort=False)
+    feed = BarFeed.load(store, universe.bar_types, universe.instruments, start, end)
+    bars = len(feed)
     if bars == 0:
         raise ConfigError(f"no bars between {start} and {end} for the selected universe")
+    fill_model.set_gaps(feed.gaps())
+    engine.add_data_iterator("bars", feed.slices(cfg.stream_days))
     strategies = add_components(engine, cfg, universe)
     equity = EquityRecorder(EquityRecorderConfig(interval_minutes=cfg.report.equity_sample_minutes))
     engine.add_actor(equity)

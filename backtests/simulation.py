@@ -89,19 +89,12 @@ class BpsSlippageFillModel(FillModel):
         self._gaps: dict[tuple[InstrumentId, int], float] = {}
         self._clock = clock
 
-    def add_gaps(self, bars) -> None:
-        """Remember the bars that open away from the previous close (gaps), keyed by instrument and time.
-
-        Continuous 5-minute crypto bars open at the previous close, so there are few.
+    def set_gaps(self, gaps: dict[tuple[InstrumentId, int], float]) -> None:
+        """The bars that open away from the previous close, keyed by (instrument, ts_init): their open
+        (backtests/bar_feed.py finds them). Continuous 5-minute crypto bars open at the previous close, so
+        there are few.
         """
-        last: dict[InstrumentId, float] = {}
-        for bar in bars:
-            iid = bar.bar_type.instrument_id
-            previous = last.get(iid)
-            opened = bar.open.as_double()
-            if previous is not None and opened != previous:
-                self._gaps[(iid, bar.ts_init)] = opened
-            last[iid] = bar.close.as_double()
+        self._gaps = dict(gaps)
 
     def get_orderbook_for_fill_simulation(self, instrument, order, best_bid: Price, best_ask: Price):
         if self.slippage <= 0 or order.order_type not in _TAKER_TYPES:
