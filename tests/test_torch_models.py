@@ -10,9 +10,11 @@ import torch
 
 from ml.dataset import SymbolBars, WindowSet, pool
 from ml.features import FEATURE_NAMES, N_FEATURES
+from ml.metrics import spearman
 from ml.models.base import ModelLoadError
 from ml.models.nhits import NHiTSModel
 from ml.models.patchtst import DEFAULT_CHANNELS, PatchTSTModel
+from ml.models.torch_common import LEGACY_TRAINING, target_scale
 from tests.conftest import candles, random_walk
 
 HORIZON, LOOKBACK = 12, 64
@@ -109,7 +111,7 @@ def test_learns_a_deterministic_function_of_the_window(kind):
 def test_fit_reports_each_epoch_and_keeps_the_best_weights(kind, market):
     train, val = market
     calls = []
-    model = make(kind, max_epochs=3, patience=3)
+    model = make(kind, max_epochs=3, patience=3, early_stopping="mse")
     report = model.fit(train, val, progress=lambda done, total, msg: calls.append((done, total, msg)))
     assert len(report.val_loss) == len(report.train_loss) == len(calls) == 3
     assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)] and "val loss" in calls[0][2]
@@ -138,6 +140,132 @@ def test_time_budget_stops_after_the_current_batch(market):
     train, val = market
     report = make("nhits", max_epochs=50, max_seconds=1e-6).fit(train, val)
     assert len(report.val_loss) == 1
+
+
+# -- robust targets and early stopping ----------------------------------------------------------------
+
+
+def test_mad_target_scale_ignores_a_few_huge_labels():
+    rng = np.random.default_rng(0)
+    labels = rng.normal(0.0, 0.01, 20_000)
+    labels[:20] = np.tile([1.0, -1.0], 10)  # a crash in 0.1% of the rows: 90% of the sum of squares
+    labels[20] = np.nan  # non-finite labels are ignored
+    assert target_scale(labels, "std") > 3 * 0.01  # the std is mostly the crash
+    assert target_scale(labels, "mad") == pytest.approx(0.01, rel=0.03)  # 1.4826 x MAD ~ the bulk's std
+    # a MAD of 0 (most labels 0) falls back to the std, and a constant sample to 1.0
+    sparse = np.zeros(100)
+    sparse[:10] = 1.0
+    assert target_scale(sparse, "mad") == pytest.approx(np.std(sparse))
+    assert target_scale(np.zeros(50), "mad") == 1.0 == target_scale(np.array([]), "mad")
+    with pytest.raises(ValueError, match="target_scaling"):
+        target_scale(labels, "iqr")
+
+
+def test_fit_uses_the_configured_target_scale():
+    ws = learnable_set(64)
+    for scaling in ("std", "mad"):
+        model = make("nhits", max_epochs=1, target_scaling=scaling)
+        model.fit(ws, ws)
+        assert model.target_scale == target_scale(ws.labels, scaling)
+
+
+def test_target_clip_bounds_the_training_targets_but_not_the_validation_labels():
+    ws = learnable_set()
+    clip = 0.05  # in target-scale units: far below the scaled labels (std 1)
+    model = make(
+        "nhits", dropout=0.0, max_epochs=15, patience=15, batch_size=32, learning_rate=3e-3, target_clip=clip
+    )
+    report = model.fit(ws, ws)
+    assert report.best_iteration > 0
+    pred = model.predict(ws.windows(slice(None), LOOKBACK)) / model.target_scale
+    y = ws.labels / model.target_scale
+    # it learnt the clipped target: forecasts stay near +-clip while the labels reach several units
+    assert np.abs(y).max() > 2.0 and np.abs(pred).max() < 5 * clip
+    assert np.mean(np.abs(pred)) == pytest.approx(np.mean(np.abs(np.clip(y, -clip, clip))), rel=0.5)
+    assert np.corrcoef(pred, np.clip(y, -clip, clip))[0, 1] > 0.8
+    # ...but early stopping scored it against the raw labels
+    assert report.val_loss[report.best_iteration - 1] == pytest.approx(np.mean((pred - y) ** 2), rel=1e-6)
+    # "clipped_mse" scores the validation labels clipped like the training targets
+    clipped = make(
+        "nhits",
+        dropout=0.0,
+        max_epochs=15,
+        patience=15,
+        batch_size=32,
+        learning_rate=3e-3,
+        target_clip=clip,
+        early_stopping="clipped_mse",
+    )
+    report = clipped.fit(ws, ws)
+    pred = clipped.predict(ws.windows(slice(None), LOOKBACK)) / clipped.target_scale
+    expected = np.mean((pred - np.clip(y, -clip, clip)) ** 2)
+    assert report.val_loss[report.best_iteration - 1] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_rank_ic_early_stopping_keeps_the_zero_forecast_unless_ic_is_positive(kind, market):
+    # whatever is learnt from train ranks validation backwards: negative IC, the zero forecast (IC 0) stays
+    train, val = learnable_set(), learnable_set()
+    val.labels = -val.labels
+    val.log_close = -val.log_close
+    model = make(kind, max_epochs=3, learning_rate=3e-3, early_stopping="rank_ic")
+    report = model.fit(train, val)
+    assert report.best_iteration == 0 and min(report.val_loss) > 0  # val_loss = -IC
+    assert not model.predict(val.windows(slice(None), LOOKBACK)).any()
+    # noise (a random walk): an epoch is kept iff its IC is > 0, and val_loss holds -IC
+    train, val = market
+    model = make(kind, max_epochs=3, patience=3, early_stopping="rank_ic")
+    report = model.fit(train, val)
+    pred = model.predict(val.windows(slice(None), LOOKBACK))
+    if min(report.val_loss) >= 0:
+        assert report.best_iteration == 0 and not pred.any()
+    else:
+        assert report.val_loss[report.best_iteration - 1] == min(report.val_loss)
+        assert -spearman(pred, val.labels) == pytest.approx(min(report.val_loss), abs=1e-9)
+    # a learnable signal: the IC criterion keeps a trained epoch, and -IC is what it recorded
+    ws = learnable_set()
+    model = make(kind, dropout=0.0, max_epochs=5, batch_size=32, learning_rate=3e-3, early_stopping="rank_ic")
+    report = model.fit(ws, ws)
+    assert report.best_iteration > 0 and min(report.val_loss) < -0.5
+    pred = model.predict(ws.windows(slice(None), LOOKBACK))
+    assert -spearman(pred, ws.labels) == pytest.approx(min(report.val_loss), abs=1e-9)
+
+
+def test_huber_delta_is_used():
+    ws = learnable_set(64)
+    losses = {}
+    for delta in (0.01, 1.0):
+        model = make("nhits", max_epochs=1, loss="huber", huber_delta=delta)
+        losses[delta] = model.fit(ws, ws).train_loss[0]
+    # scaled labels are ~1: a delta of 0.01 puts nearly every residual on the linear branch, ~0.01 * |r|
+    assert losses[0.01] < 0.2 * losses[1.0]
+
+
+def test_bad_training_options_name_the_field_and_the_allowed_values():
+    with pytest.raises(ValueError, match=r"early_stopping must be one of .*'rank_ic'.*got 'ic'"):
+        NHiTSModel(early_stopping="ic")
+    with pytest.raises(ValueError, match=r"target_scaling must be one of .*'mad'.*got 'robust'"):
+        PatchTSTModel(target_scaling="robust")
+    with pytest.raises(ValueError, match="target_clip must be positive or None"):
+        NHiTSModel(target_clip=0.0)
+    with pytest.raises(ValueError, match="huber_delta must be positive"):
+        NHiTSModel(huber_delta=-1.0)
+    with pytest.raises(ValueError, match="clipped_mse.*target_clip"):
+        NHiTSModel(early_stopping="clipped_mse", target_clip=None)
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_a_model_json_without_the_training_options_loads_with_the_old_behaviour(kind, fitted, tmp_path):
+    model = fitted[kind]
+    model.save(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    for key in LEGACY_TRAINING:
+        del meta["params"][key]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    loaded = type(model).load(tmp_path)
+    assert {k: loaded.params()[k] for k in LEGACY_TRAINING} == LEGACY_TRAINING
+    w = learnable_set(8).windows(slice(None), LOOKBACK)
+    np.testing.assert_array_equal(loaded.predict(w), model.predict(w))
 
 
 # -- reproducibility and batch independence ----------------------------------------------------------
@@ -290,6 +418,16 @@ def test_params_are_json_and_rebuild_the_model(cls):
     assert json.loads(json.dumps(params)) == params
     assert cls(**params).params() == params
     assert {"seed", "horizon", "lookback"} <= params.keys() and params["seed"] == 3
+    assert set(LEGACY_TRAINING) <= params.keys()
+    tuned = cls(target_scaling="mad", target_clip=5.0, early_stopping="rank_ic", huber_delta=0.5).params()
+    assert cls(**tuned).params() == tuned and tuned["target_clip"] == 5.0
+
+
+def test_both_nets_train_as_before_unless_the_robust_options_are_asked_for():
+    # the robust options gave only noise-level test ICs on the real data (see PatchTST's docstring)
+    for model in (NHiTSModel(), PatchTSTModel()):
+        assert {k: model.params()[k] for k in LEGACY_TRAINING} == LEGACY_TRAINING
+        assert model.params()["loss"] == "mse"
 
 
 def test_default_channels_exist():

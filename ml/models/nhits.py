@@ -19,8 +19,9 @@ Here:
     full rate; pooling them too keeps the paper's multi-rate idea for every input and makes the coarse
     stacks ~k_s times smaller (a 64 x 49 full-rate input per block would dominate the parameter count).
     The exogenous inputs are not backcast, so they are the same for every block;
-  * the forecast is the horizon-H path of cumulative forward log returns (scaled by the training label
-    std), trained on the whole path with MSE (or Huber); the model's prediction is its last step, i.e.
+  * the forecast is the horizon-H path of cumulative forward log returns (in units of the target scale,
+    see ml.models.torch_common), trained on the whole path with MSE (or Huber); the model's prediction
+    is its last step, i.e.
     ln(close[t+H] / close[t]);
   * each block's output layer is zero-initialised, so training starts from the zero forecast (and a zero
     backcast), which early stopping treats as epoch 0 (ml.models.torch_common).
@@ -130,6 +131,10 @@ class NHiTSModel(TorchForecaster):
         patience: int = 5,
         max_seconds: float | None = None,
         loss: str = "mse",
+        huber_delta: float = 1.0,
+        target_scaling: str = "std",
+        target_clip: float | None = None,
+        early_stopping: str = "mse",
         grad_clip: float | None = 1.0,
         device: str = "auto",
         seed: int = 42,
@@ -144,6 +149,10 @@ class NHiTSModel(TorchForecaster):
             patience=patience,
             max_seconds=max_seconds,
             loss=loss,
+            huber_delta=huber_delta,
+            target_scaling=target_scaling,
+            target_clip=target_clip,
+            early_stopping=early_stopping,
             grad_clip=grad_clip,
             device=device,
             seed=seed,

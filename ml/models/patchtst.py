@@ -23,10 +23,18 @@ How the features reach the return forecast, step by step, for a window (lookback
      or the window's volatility), exactly where the paper reverses RevIN on its per-channel forecast.
   7. Cross-channel head (our addition; the paper forecasts each channel separately): one linear layer
      over the concatenated C x head_dim representations -> the horizon path of cumulative forward log
-     returns (scaled by the training label std). It is zero-initialised, so training starts from the
+     returns (in units of the target scale). It is zero-initialised, so training starts from the
      zero forecast (ml.models.torch_common). Training fits the whole path; the prediction is its last
      step, ln(close[t+H] / close[t]).
 Channels interact only in step 7, linearly: the encoder stays channel-independent as in the paper.
+
+Training options (ml.models.torch_common) for heavy-tailed labels, off by default: a robust target scale
+(`target_scaling: mad`), clipped training targets (`target_clip`), Huber loss (`loss: huber`,
+`huber_delta`) and early stopping on the validation rank IC (`early_stopping: rank_ic`). On the real
+Aug-Nov 2025 set, all four together gave a positive test rank IC on 3 of 3 seeds, but only +0.002 to
++0.014, within noise for overlapping 12-bar labels, with a test R2 below the zero forecast's on every seed.
+Rank-IC stopping also keeps an epoch that beats zero by chance more often than MSE stopping does, so a
+net that learned nothing would vote. The defaults therefore stay: std scale, MSE, validation-MSE stopping.
 """
 
 from __future__ import annotations
@@ -245,6 +253,10 @@ class PatchTSTModel(TorchForecaster):
         patience: int = 3,
         max_seconds: float | None = None,
         loss: str = "mse",
+        huber_delta: float = 1.0,
+        target_scaling: str = "std",
+        target_clip: float | None = None,
+        early_stopping: str = "mse",
         grad_clip: float | None = 1.0,
         device: str = "auto",
         seed: int = 42,
@@ -259,6 +271,10 @@ class PatchTSTModel(TorchForecaster):
             patience=patience,
             max_seconds=max_seconds,
             loss=loss,
+            huber_delta=huber_delta,
+            target_scaling=target_scaling,
+            target_clip=target_clip,
+            early_stopping=early_stopping,
             grad_clip=grad_clip,
             device=device,
             seed=seed,
