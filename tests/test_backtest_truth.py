@@ -1,5 +1,7 @@
 """The backtest tells the truth: fill timing, fees, funding, margin, liquidation and determinism."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -175,6 +177,12 @@ def test_every_run_writes_the_full_report(walk_catalog, tmp_path):
                 "fees", "funding", "turnover", "exposure_avg", "trades", "liquidations"]:  # fmt: skip
         assert key in stats
     assert set(pd.read_csv(out / "per_symbol.csv")["symbol"]) == {"T0USDT", "T1USDT", "T2USDT"}
+    account = pd.read_csv(out / "account.csv", index_col=0)
+    assert {"total", "locked", "free", "margin_initial", "margin_maintenance"} <= set(account.columns)
+    assert np.allclose(account["total"], account["locked"] + account["free"])
+    assert account["margined_instruments"].max() >= 1  # EMA cross holds positions
+    if Path("/proc/self/status").exists():  # Linux: the run's own peak resident memory
+        assert 0.1 < stats["peak_memory_gib"] < 64
 
 
 @pytest.mark.parametrize(("timing", "price"), [("bar_close", 102.0), ("next_bar_close", 103.0)])
