@@ -2,11 +2,13 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from backtests.bar_feed import BarFeed
 from backtests.config import parse_backtest_config
 from backtests.report import write_report
 from backtests.runner import resolve_period, run_backtest, select_universe
+from quantum_trader.config import ConfigError
 from tests.conftest import build_catalog, candles, random_walk
 
 
@@ -79,3 +81,8 @@ def test_the_slice_length_does_not_change_a_single_trade(tmp_path):
         assert stats[days]["fingerprint"] == stats[1000.0]["fingerprint"]
         assert stats[days]["final_equity"] == stats[1000.0]["final_equity"]
         assert stats[days]["risk_events"] == stats[1000.0]["risk_events"]
+
+
+def test_a_slice_length_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="stream_days"):
+        backtest_config(tmp_path, stream_days=0)
