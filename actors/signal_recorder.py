@@ -20,7 +20,6 @@ from nautilus_trader.model.identifiers import ClientId
 from quantum_trader.events import DIRECTION_CODES, MODEL_KINDS, BarCloseSignals, Signal
 
 FIELDS = tuple(name for name in Signal.__annotations__)
-_CODE_OF_NAME = {name: code for code, name in DIRECTION_CODES.items()}
 
 
 class SignalRecorderConfig(ActorConfig, frozen=True):
@@ -43,7 +42,7 @@ class SignalRecorder(Actor):
         if isinstance(data, BarCloseSignals):
             self._record_batch(data)
         elif isinstance(data, Signal):
-            self._record_batch(_as_batch(data))
+            self._record_batch(BarCloseSignals.of(data))
 
     def _record_batch(self, batch: BarCloseSignals) -> None:
         n = len(batch)
@@ -101,18 +100,3 @@ class SignalRecorder(Actor):
             else:
                 columns[name] = pd.Series(joined[name], dtype="float64")
         return pd.DataFrame(columns)
-
-
-def _as_batch(signal: Signal) -> BarCloseSignals:
-    return BarCloseSignals(
-        ts_event=signal.ts_event,
-        ts_init=signal.ts_init,
-        instrument_ids=[signal.instrument_id],
-        direction=np.array([_CODE_OF_NAME[signal.direction]], dtype=np.int8),
-        confidence=np.array([signal.confidence]),
-        prob_up=np.array([signal.prob_up]),
-        forecast=np.array([signal.forecast]),
-        votes={kind: np.array([getattr(signal, f"vote_{kind}")]) for kind in MODEL_KINDS},
-        model_ids=signal.model_ids,
-        features_hash=signal.features_hash,
-    )

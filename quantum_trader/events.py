@@ -44,6 +44,7 @@ class Signal(Data):
 
 
 DIRECTION_CODES = {1: "LONG", -1: "SHORT", 0: "FLAT"}
+_CODE_OF_DIRECTION = {name: code for code, name in DIRECTION_CODES.items()}
 
 
 class BarCloseSignals(Data):
@@ -91,6 +92,22 @@ class BarCloseSignals(Data):
     @property
     def ts_init(self) -> int:
         return self._ts_init
+
+    @classmethod
+    def of(cls, signal: Signal) -> "BarCloseSignals":
+        """One Signal as a batch of one row (e.g. replayed from the catalog)."""
+        return cls(
+            ts_event=signal.ts_event,
+            ts_init=signal.ts_init,
+            instrument_ids=[signal.instrument_id],
+            direction=np.array([_CODE_OF_DIRECTION[signal.direction]], dtype=np.int8),
+            confidence=np.array([signal.confidence]),
+            prob_up=np.array([signal.prob_up]),
+            forecast=np.array([signal.forecast]),
+            votes={kind: np.array([getattr(signal, f"vote_{kind}")]) for kind in MODEL_KINDS},
+            model_ids=signal.model_ids,
+            features_hash=signal.features_hash,
+        )
 
     def __len__(self) -> int:
         return len(self.instrument_ids)

@@ -25,14 +25,13 @@ from nautilus_trader.model.identifiers import ClientId, InstrumentId
 
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, load_ensemble
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, N_FEATURES, OnlineFeatures
-from quantum_trader.events import DIRECTION_CODES, BarCloseSignals, Signal
+from quantum_trader.events import BarCloseSignals, Signal
 from strategies.base import QTStrategy, QTStrategyConfig
 
 SIGNALS_CLIENT = ClientId("SIGNALS")
 SIGNAL_TYPE = DataType(Signal)  # replayed from the catalog
 BAR_CLOSE_SIGNALS_TYPE = DataType(BarCloseSignals)  # built once: published at every bar close
 _ATR = FEATURE_NAMES.index("atr_14")
-_CODE_OF_NAME = {name: code for code, name in DIRECTION_CODES.items()}
 
 
 class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
@@ -86,7 +85,6 @@ class EnsembleStrategy(QTStrategy):
             return
         if self.ensemble.missing:
             self.log.warning(f"Reduced model count: running without {sorted(self.ensemble.missing)}")
-        self._vote_fields = [f"vote_{kind}" for kind in self.ensemble.kinds]
         n, lookback = len(self._ids), self.ensemble.lookback
         self._windows = np.full((n, lookback, N_FEATURES), np.nan, dtype=np.float32)
         self._filled = np.zeros(n, dtype=np.int64)  # finite rows in a row at the end of each window
@@ -115,19 +113,8 @@ class EnsembleStrategy(QTStrategy):
         ohlcv = _ohlcv(bars)
         rows = self._features.update(slots, *ohlcv)
         closes, atr_ratios = ohlcv[3], rows[:, _ATR]
-        if self.ensemble is None:
-            for pos, signal in self._replay(slots):
-                code = _CODE_OF_NAME[signal.direction]
-                self._consider(
-                    signal.instrument_id,
-                    code,
-                    signal.confidence,
-                    signal.ts_event,
-                    closes[pos],
-                    atr_ratios[pos],
-                )
-            return
-        for batch, positions in self._score(slots, bars, rows):
+        scored = self._replay(slots) if self.ensemble is None else self._score(slots, bars, rows)
+        for batch, positions in scored:
             self._act_on_batch(batch, closes[positions], atr_ratios[positions])
 
     def _score(
@@ -163,9 +150,14 @@ class EnsembleStrategy(QTStrategy):
             out.append((batch, ready[rows_of]))
         return out
 
-    def _replay(self, slots: np.ndarray) -> list[tuple[int, Signal]]:
+    def _replay(self, slots: np.ndarray) -> list[tuple[BarCloseSignals, np.ndarray]]:
+        """The replayed Signals of these slots, each as a batch of one with its position in `slots`."""
         replayed, self._replayed = self._replayed, {}
-        return [(pos, replayed[s]) for pos, s in enumerate(slots.tolist()) if s in replayed]
+        return [
+            (BarCloseSignals.of(replayed[s]), np.array([pos]))
+            for pos, s in enumerate(slots.tolist())
+            if s in replayed
+        ]
 
     def _push_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Append each slot's new feature row to its window; True where a full finite window exists."""
@@ -178,7 +170,8 @@ class EnsembleStrategy(QTStrategy):
 
     # ---- trading -----------------------------------------------------------------------------------
     def _act_on_batch(self, batch: BarCloseSignals, closes: np.ndarray, atr_ratios: np.ndarray) -> None:
-        """Entries for the rows that clear the threshold; the rest of the batch costs one numpy pass."""
+        """Entries for the rows that clear the threshold; the rest of the batch costs one numpy pass.
+        Scored and replayed decisions (a batch of one each) go through the same rules."""
         if self.risk is not None:
             self.risk.observe_signals(batch.direction)
         if batch.ts_event < self._trade_start_ns:
@@ -196,16 +189,6 @@ class EnsembleStrategy(QTStrategy):
                 closes[i],
                 atr_ratios[i],
             )
-
-    def _consider(self, iid, direction: int, confidence: float, ts_event: int, price, atr_ratio) -> None:
-        """One replayed Signal: the same rules as a row of a batch."""
-        if self.risk is not None:
-            self.risk.observe_signals(np.array([direction]))
-        if ts_event < self._trade_start_ns or direction == 0 or confidence < self._threshold:
-            return
-        if (direction < 0 and not self.config.allow_short) or not (np.isfinite(atr_ratio) and atr_ratio > 0):
-            return
-        self._enter_if_free(iid, direction, confidence, price, atr_ratio)
 
     def _enter_if_free(self, iid: InstrumentId, direction: int, confidence: float, price, atr_ratio) -> None:
         if self.net_side(iid) != PositionSide.FLAT or self._cooling_down(iid):
