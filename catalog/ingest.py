@@ -153,10 +153,7 @@ def _record(result: SymbolResult, report: QualityReport, sf: SourceFrame) -> Non
 
 def _instrument_for(store: CatalogStore, sf: SourceFrame, frame: pd.DataFrame):
     iid = instrument_id(sf.symbol, sf.market)
-    try:
-        existing = store.instrument(iid)
-    except KeyError:
-        existing = None
+    existing = store.find_instrument(iid)
     if existing is not None and sf.kind == "mark":
         return existing
     prices = frame[["open", "high", "low", "close"]].to_numpy().ravel()

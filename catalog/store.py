@@ -95,10 +95,14 @@ class CatalogStore:
     def instruments(self) -> list[Instrument]:
         return list(self.catalog.instruments())
 
+    def find_instrument(self, instrument_id: InstrumentId | str) -> Instrument | None:
+        """Reads only this instrument's own files, so another ingest worker writing its symbol can't break it."""
+        found = self.catalog.instruments(instrument_ids=[str(instrument_id)])
+        return found[-1] if found else None
+
     def instrument(self, instrument_id: InstrumentId | str) -> Instrument:
-        for inst in self.instruments():
-            if str(inst.id) == str(instrument_id):
-                return inst
+        if (inst := self.find_instrument(instrument_id)) is not None:
+            return inst
         known = ", ".join(sorted(str(i.id) for i in self.instruments())) or "none"
         raise KeyError(f"unknown instrument {instrument_id} in catalog {self.path} (known: {known})")
 

@@ -78,6 +78,17 @@ def test_funding_round_trips_and_is_idempotent(store, inst):
     assert back["rate"].tolist() == pytest.approx([1e-4] * 9)
 
 
+def test_looking_up_an_instrument_ignores_a_file_another_worker_is_still_writing(store, inst):
+    # Parallel ingest: while one worker writes its instrument, another looks up its own. A lookup that
+    # read every instrument file met the half-written one ("Parquet file size is 4 bytes") and failed.
+    store.write_instrument(inst)
+    other = store.path / "data" / "crypto_perpetual" / "OTHERUSDT-PERP.BINANCE"
+    other.mkdir(parents=True)
+    (other / "1970-01-01T00-00-00-000000000Z_1970-01-01T00-00-00-000000000Z.parquet").write_bytes(b"PAR1")
+    assert store.instrument(inst.id) == inst
+    assert store.find_instrument("NOSUCHUSDT-PERP.BINANCE") is None
+
+
 def test_instruments_follow_binances_live_adapter(inst):
     assert str(inst.id) == "TESTUSDT-PERP.BINANCE"
     assert float(inst.margin_init) == 1 and float(inst.margin_maint) == 1
