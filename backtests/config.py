@@ -57,6 +57,19 @@ class VenueConfig(StrictModel):
     funding: bool = True
     liquidation: bool = True
     maintenance_margin_rate: float = Field(0.005, ge=0, lt=1)
+    max_order_rate: str = Field(
+        "200/00:00:10",
+        description="orders the node may submit per interval (orders/HH:MM:SS), enforced by Nautilus' "
+        "RiskEngine; Binance USDT-M allows 300 per 10 s and 1,200 per minute, and 200 per 10 s keeps both",
+    )
+
+    @field_validator("max_order_rate")
+    @classmethod
+    def _rate_format(cls, v: str):
+        from strategies.order_budget import parse_rate
+
+        parse_rate(v)
+        return v
 
     @field_validator("leverage")
     @classmethod

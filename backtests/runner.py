@@ -150,7 +150,7 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
         BacktestEngineConfig(
             trader_id=TraderId("QT-001"),
             logging=LoggingConfig(log_level=cfg.log_level, bypass_logging=cfg.log_level == "ERROR"),
-            risk_engine=RiskEngineConfig(bypass=False),
+            risk_engine=RiskEngineConfig(bypass=False, max_order_submit_rate=cfg.venue.max_order_rate),
             # Signals and risk events are published by our components under this client id.
             data_engine=DataEngineConfig(external_clients=[SIGNALS_CLIENT]),
         )
@@ -276,8 +276,9 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
 
 
 def _bind_risk_engine(engine: BacktestEngine) -> None:
-    """The emergency stop halts through Nautilus' own trading state, which lives on the risk engine."""
-    for actor in engine.trader.actors():
+    """The emergency stop halts through Nautilus' own trading state, which lives on the risk engine; strategies
+    read the order rate it enforces."""
+    for actor in [*engine.trader.actors(), *engine.trader.strategies()]:
         if hasattr(actor, "bind_risk_engine"):
             actor.bind_risk_engine(engine.kernel.risk_engine)
 

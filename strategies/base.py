@@ -29,6 +29,7 @@ from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, BarType, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
 from nautilus_trader.model.events import (
+    OrderAccepted,
     OrderCanceled,
     OrderDenied,
     OrderFilled,
@@ -47,6 +48,7 @@ from catalog.instruments import symbol_of
 from quantum_trader.events import OperatorCommand
 from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
+from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
 from strategies.risk_control import RiskControl
 
 LIQUIDATION_TAG = "LIQUIDATION"
@@ -78,12 +80,22 @@ class QTStrategy(Strategy):
         self.bar_types = [BarType.from_str(b) for b in config.bar_types]
         self._liquidation_orders: dict[InstrumentId, Order] = {}
         self.margin_rejections = 0
+        self.order_rate_refusals = 0
+        self.order_budget = OrderRateBudget.nautilus_default()
         self._entry_orders: dict[InstrumentId, Order] = {}
         self._deferred: dict[InstrumentId, list[Callable[[], None]]] = {}
         exit_profile = exit_profile_from(config.exit_profile)
         self.exit_brain = ExitBrain(self, exit_profile, self._liquidation_price) if exit_profile else None
         risk_profile = risk_profile_from(config.risk_profile)
         self.risk = RiskControl(self, risk_profile) if risk_profile else None
+        # The orders that will protect one entry: the Exit Brain's stop and take-profits, the liquidation guard.
+        self._protection_orders = (1 + len(exit_profile.take_profits) if exit_profile else 0) + int(
+            config.liquidation_guard
+        )
+
+    def bind_risk_engine(self, risk_engine) -> None:
+        """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
+        self.order_budget.rebind(risk_engine)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -184,6 +196,12 @@ class QTStrategy(Strategy):
             return False
         if not self.margin_available(instrument_id, qty.as_double() * price):
             return False
+        if not self.order_rate_allows(1 + self._protection_orders, new_positions=1):
+            self.order_rate_refusals += 1
+            self.log.warning(
+                f"Entry refused for {instrument_id}: the order-rate limit has no room to protect it"
+            )
+            return False
         if self.exit_brain is not None:
             self.exit_brain.prepare(instrument_id, atr)
         order = self.order_factory.market(instrument_id, side, qty, tags=[ENTRY_TAG])
@@ -202,6 +220,20 @@ class QTStrategy(Strategy):
             self.log.warning(f"Entry refused for {instrument_id}: margin {required:.2f} exceeds free balance")
             return False
         return True
+
+    def order_rate_allows(self, orders: int, new_positions: int = 0) -> bool:
+        """`orders` more fit in the rate window with room left for what the positions may still need:
+        RESERVE_PER_POSITION each, and for an entry not filled yet, its own order and its protection too."""
+        pending = sum(1 for order in self._entry_orders.values() if not order.is_closed)
+        positions = self.cache.positions_open_count(strategy_id=self.id) + new_positions
+        reserved = (
+            RESERVE_PER_POSITION * positions + (1 + self._protection_orders + RESERVE_PER_POSITION) * pending
+        )
+        return self.order_budget.free(self.clock.timestamp_ns()) >= orders + reserved
+
+    def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
+        self.order_budget.record(self.clock.timestamp_ns())
+        super().submit_order(order, position_id, client_id, params)
 
     def decide(self, instrument_id: InstrumentId, action: Callable[[], None]) -> None:
         """Carry out a market decision now, or on the instrument's next bar with `execution_delay_bars`.
@@ -262,8 +294,14 @@ class QTStrategy(Strategy):
         if self.exit_brain is not None:
             self.exit_brain.on_order_filled(event)
 
+    def on_order_accepted(self, event: OrderAccepted) -> None:
+        if self.exit_brain is not None:
+            self.exit_brain.on_order_accepted(self.cache.order(event.client_order_id))
+
     def on_order_denied(self, event: OrderDenied) -> None:
         self._entry_failed(event)
+        if self.exit_brain is not None:
+            self.exit_brain.on_order_denied(self.cache.order(event.client_order_id))
 
     def on_order_rejected(self, event: OrderRejected) -> None:
         self._entry_failed(event)

@@ -11,7 +11,11 @@ protection on the exchange:
 - each take-profit: a limit order at its R multiple for its fraction of the original quantity (TP1, TP2).
 
 Binance cannot amend a stop-market order, so "amending" the stop is a replacement: the new stop is submitted
-first and the old one cancelled after, and the position is never without a stop in between.
+first and the old one is cancelled once the venue has accepted the new one, so the position is never without a
+stop in between. A replacement the node denies (the order-rate limit) leaves the old stop in force; one the
+venue rejects because its trigger was already crossed closes the position at market. A trailing step is sent
+only while the order-rate budget keeps room to protect and close every position (strategies/order_budget.py),
+and otherwise waits for the next bar.
 
 Time stops, emergency and manual exits are market orders (reduce-only) sent when they are decided.
 
@@ -66,6 +70,8 @@ class Managed:
     stop_price: float = 0.0
     stop_tag: str = "SL"
     stop_order: Order | None = None
+    # Earlier stops, each with its price and tag, that stay until the venue accepts `stop_order`.
+    retiring: list[tuple[Order, float, str]] = field(default_factory=list)
     tp_orders: list[Order] = field(default_factory=list)
     best: float = 0.0
     tp1_done: bool = False
@@ -151,6 +157,38 @@ class ExitBrain:
             managed.tp1_done = True
         self._publish_exit(event, managed, REASON_BY_TAG[tag])
 
+    def on_order_accepted(self, order: Order | None) -> None:
+        """The venue holds the new stop: the ones it replaces can go."""
+        managed = self.positions.get(order.instrument_id) if order is not None else None
+        if managed is None or order is not managed.stop_order or not managed.retiring:
+            return
+        for old, _, _ in managed.retiring:
+            if not old.is_closed:
+                self.strategy.cancel_order(old)
+        managed.retiring = []
+
+    def on_order_denied(self, order: Order | None) -> None:
+        """The node refused an exit order before it reached the venue (the order-rate limit).
+
+        A denied replacement stop leaves the one before it in force. A position whose first stop was denied has
+        no protection, so it is closed at market with that stop's reason."""
+        tag = _role(order)
+        managed = self.positions.get(order.instrument_id) if tag is not None else None
+        if managed is None or managed.closing:
+            return
+        if tag not in STOP_TAGS or order is not managed.stop_order:
+            self.strategy.log.error(
+                f"Exit Brain: the {tag} order of {order.instrument_id} was denied by the node"
+            )
+            return
+        if managed.retiring:
+            managed.stop_order, managed.stop_price, managed.stop_tag = managed.retiring.pop()
+            return
+        self.strategy.log.error(
+            f"Exit Brain: the stop of {order.instrument_id} was denied; closing at market"
+        )
+        self.close(order.instrument_id, tag)
+
     def on_order_rejected(self, order: Order | None) -> None:
         """A replacement stop the venue refused (its trigger was already crossed, e.g. the price went back
         through the entry before the break-even stop arrived): the position is closed at market instead, with
@@ -185,7 +223,7 @@ class ExitBrain:
         managed.best = max(managed.best, extreme) if managed.sign > 0 else min(managed.best, extreme)
         candidate = managed.best - managed.sign * self.profile.trailing_atr * managed.atr
         step = self.profile.trailing_step_atr * managed.atr
-        if managed.sign * (candidate - managed.stop_price) >= step:
+        if managed.sign * (candidate - managed.stop_price) >= step and self.strategy.order_rate_allows(1):
             self._place_stop(iid, managed, candidate, "TRAILING")
 
     def is_closing(self, instrument_id: InstrumentId) -> bool:
@@ -236,7 +274,6 @@ class ExitBrain:
         quantity = instrument.make_qty(managed.quantity)
         if quantity.as_double() <= 0 or price <= 0:
             return
-        old = managed.stop_order
         order = self.strategy.order_factory.stop_market(
             instrument_id=iid,
             order_side=_closing_side(managed.side),
@@ -246,10 +283,12 @@ class ExitBrain:
             reduce_only=True,
             tags=[tag],
         )
-        self.strategy.submit_order(order)
-        managed.stop_order, managed.stop_price, managed.stop_tag = order, price, tag
+        old = managed.stop_order
         if old is not None and not old.is_closed:
-            self.strategy.cancel_order(old)
+            managed.retiring.append((old, managed.stop_price, managed.stop_tag))
+        # Set before sending: a denial arrives inside submit_order and must find this order as the stop.
+        managed.stop_order, managed.stop_price, managed.stop_tag = order, price, tag
+        self.strategy.submit_order(order)
 
     def _place_take_profits(self, iid: InstrumentId, managed: Managed) -> None:
         instrument = self.strategy.cache.instrument(iid)
@@ -278,11 +317,12 @@ class ExitBrain:
             managed.tp_orders.append(order)
 
     def _cancel_all(self, managed: Managed) -> None:
-        for order in [managed.stop_order, *managed.tp_orders]:
+        for order in [managed.stop_order, *managed.tp_orders, *(old for old, _, _ in managed.retiring)]:
             if order is not None and not order.is_closed:
                 self.strategy.cancel_order(order)
         managed.stop_order = None
         managed.tp_orders = []
+        managed.retiring = []
 
     def _open_position(self, instrument_id: InstrumentId) -> Position | None:
         positions = self.strategy.cache.positions_open(

@@ -101,3 +101,14 @@ class EnterEverywhere(QTStrategy):
         gross = sum(abs(self.portfolio.net_exposure(p.instrument_id).as_double()) for p in positions)
         equity = self.risk.equity() if self.risk is not None else float("nan")
         self.samples.append((ts, len(positions), gross, equity))
+
+
+class IgnoresOrderBudgetConfig(EnterWithAtrConfig, frozen=True):
+    pass
+
+
+class IgnoresOrderBudget(EnterWithAtr):
+    """Sends whatever it decides, whatever the order-rate window holds: the node's throttle decides."""
+
+    def order_rate_allows(self, orders: int, new_positions: int = 0) -> bool:
+        return True
