@@ -87,7 +87,8 @@ def select_universe(store: CatalogStore, cfg: BacktestConfig) -> Universe:
     candidates = _candidates(u, available)
     ranked, note = _rank_by_quote_volume(store, [available[s] for s in candidates], cfg)
     chosen = ranked if u.select in ("all", "symbols") else ranked[: u.size]
-    instruments = [store.instrument(bt.instrument_id) for bt in chosen]
+    known = {str(i.id): i for i in store.instruments()}  # one catalog scan, not one per symbol
+    instruments = [known.get(str(bt.instrument_id)) or store.instrument(bt.instrument_id) for bt in chosen]
     return Universe(instruments=instruments, bar_types=chosen, ranking_note=note)
 
 

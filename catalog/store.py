@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from nautilus_trader.model.data import Bar, BarType, FundingRateUpdate
 from nautilus_trader.model.enums import bar_aggregation_to_str, price_type_to_str
 from nautilus_trader.model.identifiers import InstrumentId
-from nautilus_trader.model.instruments import Instrument
+from nautilus_trader.model.instruments import CryptoPerpetual, CurrencyPair, Instrument
 from nautilus_trader.persistence.catalog import ParquetDataCatalog
 
 OHLCV = ["open", "high", "low", "close", "volume"]
@@ -97,7 +97,8 @@ class CatalogStore:
 
     def find_instrument(self, instrument_id: InstrumentId | str) -> Instrument | None:
         """Reads only this instrument's own files, so another ingest worker writing its symbol can't break it."""
-        found = self.catalog.instruments(instrument_ids=[str(instrument_id)])
+        kind = CryptoPerpetual if str(instrument_id).endswith("-PERP.BINANCE") else CurrencyPair
+        found = self.catalog.instruments(instrument_type=kind, instrument_ids=[str(instrument_id)])
         return found[-1] if found else None
 
     def instrument(self, instrument_id: InstrumentId | str) -> Instrument:
