@@ -113,6 +113,8 @@ class NHiTSModel(TorchForecaster):
     """N-HiTS over all 49 features; the training keywords are documented in ml.models.torch_common."""
 
     kind = "nhits"
+    # The training keywords (ml.models.torch_common) whose N-HiTS default differs from the shared one.
+    TRAINING_DEFAULTS = {"learning_rate": 5e-4, "weight_decay": 1e-2}
 
     def __init__(
         self,
@@ -124,41 +126,9 @@ class NHiTSModel(TorchForecaster):
         mlp_layers: int = 2,
         dropout: float = 0.2,
         pooling_mode: str = "max",
-        learning_rate: float = 5e-4,
-        weight_decay: float = 1e-2,
-        batch_size: int = 256,
-        max_epochs: int = 30,
-        patience: int = 5,
-        max_seconds: float | None = None,
-        loss: str = "mse",
-        huber_delta: float = 1.0,
-        target_scaling: str = "std",
-        target_clip: float | None = None,
-        early_stopping: str = "mse",
-        grad_clip: float | None = 1.0,
-        device: str = "auto",
-        seed: int = 42,
-        horizon: int = 12,
-        lookback: int = 64,
+        **training,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            max_epochs=max_epochs,
-            patience=patience,
-            max_seconds=max_seconds,
-            loss=loss,
-            huber_delta=huber_delta,
-            target_scaling=target_scaling,
-            target_clip=target_clip,
-            early_stopping=early_stopping,
-            grad_clip=grad_clip,
-            device=device,
-            seed=seed,
-            horizon=horizon,
-            lookback=lookback,
-        )
+        super().__init__(**(self.TRAINING_DEFAULTS | training))
         self.n_pool_kernel_size = [int(k) for k in n_pool_kernel_size]
         self.n_freq_downsample = [int(r) for r in n_freq_downsample]
         if not self.n_pool_kernel_size or len(self.n_pool_kernel_size) != len(self.n_freq_downsample):

@@ -227,6 +227,8 @@ class PatchTSTModel(TorchForecaster):
     ml.models.torch_common."""
 
     kind = "patchtst"
+    # The training keywords (ml.models.torch_common) whose PatchTST default differs from the shared one.
+    TRAINING_DEFAULTS = {"max_epochs": 20, "patience": 3}
 
     def __init__(
         self,
@@ -246,48 +248,16 @@ class PatchTSTModel(TorchForecaster):
         affine: bool = True,
         norm: str = "batch",
         res_attention: bool = True,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 256,
-        max_epochs: int = 20,
-        patience: int = 3,
-        max_seconds: float | None = None,
-        loss: str = "mse",
-        huber_delta: float = 1.0,
-        target_scaling: str = "std",
-        target_clip: float | None = None,
-        early_stopping: str = "mse",
-        grad_clip: float | None = 1.0,
-        device: str = "auto",
-        seed: int = 42,
-        horizon: int = 12,
-        lookback: int = 64,
+        **training,
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            max_epochs=max_epochs,
-            patience=patience,
-            max_seconds=max_seconds,
-            loss=loss,
-            huber_delta=huber_delta,
-            target_scaling=target_scaling,
-            target_clip=target_clip,
-            early_stopping=early_stopping,
-            grad_clip=grad_clip,
-            device=device,
-            seed=seed,
-            horizon=horizon,
-            lookback=lookback,
-        )
+        super().__init__(**(self.TRAINING_DEFAULTS | training))
         self.channels = list(channels)
         feature_indices(self.channels)  # unknown or repeated names fail here, not at fit time
         if not self.channels:
             raise ValueError("channels: at least one feature name is needed")
-        if not 1 <= patch_len <= lookback or not 1 <= stride <= patch_len:
+        if not 1 <= patch_len <= self.lookback or not 1 <= stride <= patch_len:
             raise ValueError(
-                f"need 1 <= stride <= patch_len <= lookback, got {stride}, {patch_len}, {lookback}"
+                f"need 1 <= stride <= patch_len <= lookback, got {stride}, {patch_len}, {self.lookback}"
             )
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
