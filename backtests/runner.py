@@ -37,6 +37,7 @@ from backtests.simulation import BpsSlippageFillModel, FundingModule
 from catalog.instruments import VENUE, instrument_id, symbol_of
 from catalog.store import CatalogStore, bar_type_for
 from quantum_trader.config import ConfigError
+from quantum_trader.snapshot_memo import memoize_position_snapshots
 
 log = logging.getLogger(__name__)
 NS = 1_000_000_000
@@ -157,6 +158,7 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
         )
     )
     buffer_trade_records(engine.portfolio.analyzer)
+    memoize_position_snapshots()
     v = cfg.venue
     leverages = {instrument_id(sym, cfg.universe.market): Decimal(str(x)) for sym, x in v.leverage.items()}
     funding = (
