@@ -258,14 +258,16 @@ def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -
 def write_report(run: RunArtifacts, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     engine, cfg = run.engine, run.config
-    orders = engine.trader.generate_orders_report()
+    # Each table is written as soon as it is built, and the orders and the account are let go at once: with
+    # tens of thousands of trades, holding all of them at the same time set the run's peak memory.
+    engine.trader.generate_orders_report().to_csv(out / "orders.csv")
+    account_report(engine.kernel.cache.account_for_venue(Venue(str(VENUE)))).to_csv(out / "account.csv")
     fills = engine.trader.generate_order_fills_report()
+    fills.to_csv(out / "fills.csv")
     positions = engine.trader.generate_positions_report()
-    account = account_report(engine.kernel.cache.account_for_venue(Venue(str(VENUE))))
+    positions.to_csv(out / "positions.csv")
     equity = run.equity.frame()
     funding = pd.DataFrame([p.__dict__ for p in run.funding.payments]) if run.funding else pd.DataFrame()
-    for name, frame in [("orders", orders), ("fills", fills), ("positions", positions), ("account", account)]:
-        frame.to_csv(out / f"{name}.csv")
     equity.to_csv(out / "equity.csv")
     signals = run.signals.frame()
     signals.to_parquet(out / "signals.parquet", index=False)
