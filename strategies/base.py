@@ -11,6 +11,8 @@ to us for MARGIN accounts:
   USDT-M contracts: long liq = entry * (1 - 1/leverage + mmr); short liq = entry * (1 + 1/leverage - mmr).
   In a backtest this is how the margin-exhausted position gets closed at its liquidation price; live, the
   exchange liquidates first, and the order is a harmless last line of defence.
+- An order-rate budget (strategies/order_budget.py): entries wait for room in the node's order-rate window,
+  so the orders that protect positions are never denied.
 
 Two optional parts, each switched on by naming a profile in the config:
 - `exit_profile` (configs/exits/): the Exit Brain (strategies/exit_brain.py) protects every position with

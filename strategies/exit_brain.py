@@ -174,9 +174,10 @@ class ExitBrain:
         no protection, so it is closed at market with that stop's reason."""
         tag = _role(order)
         managed = self.positions.get(order.instrument_id) if tag is not None else None
-        if managed is None or managed.closing:
+        if managed is None:
             return
-        if tag not in STOP_TAGS or order is not managed.stop_order:
+        if managed.closing or tag not in STOP_TAGS or order is not managed.stop_order:
+            # a take-profit or a market close: the budget's reserve is there so that this does not happen
             self.strategy.log.error(
                 f"Exit Brain: the {tag} order of {order.instrument_id} was denied by the node"
             )
