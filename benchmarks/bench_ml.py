@@ -3,8 +3,8 @@
 1. Training time of each model on a seed-sized set (54k train / 12k validation rows, 49 features), with
    the best validation loss beside a longer run of the same model (--long) and the zero-forecast loss.
 2. Inference: microseconds per symbol for one batch of 100 symbols, per model and for the ensemble.
-3. Backtest: the EnsembleStrategy, alone and with the Exit Brain and the whole risk layer (CHALLENGE_100,
-   moderate, emergency stop), vs the empty strategy on the same catalog in the same run: wall time,
+3. Backtest: the EnsembleStrategy scoring every bar without trading, trading alone, and trading with the Exit
+   Brain and the whole risk layer (CHALLENGE_100, moderate, emergency stop), vs the empty strategy on the same catalog in the same run: wall time,
    bars/s, their ratio (target <= 1.5), and the peak memory of each backtest's own `qt backtest` process
    (target <= 4 GB). The models are trained on the
    same 90 days (70/15/15 split), so this measures throughput, not skill: see `qt walkforward` for that.
@@ -115,6 +115,9 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
     """Each backtest runs in a process of its own (`qt backtest`), so its peak memory is its own."""
     walls, left_out, batches = {}, [], 0
     ensemble = ("strategies.ensemble:EnsembleStrategy", {"registry": str(registry), "notional_usd": 50})
+    # Every bar scored and every Signal published and recorded, but no entry: what the features, the models
+    # and the vote cost on their own, apart from Nautilus' cost of the orders the trades send.
+    scoring_only = (ensemble[0], {**ensemble[1], "trade_start": "2100-01-01"})
     # The whole risk layer: CHALLENGE_100 exits, moderate sizing and gates, the emergency stop.
     risk_layer = {
         "exit_profile": "challenge_100",
@@ -123,6 +126,7 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
     }
     for name, (path, conf), extra_cfg in [
         ("empty", ("strategies.empty:Empty", {}), {}),
+        ("scoring", scoring_only, {}),
         ("ensemble", ensemble, {}),
         ("ensemble+risk", ensemble, risk_layer),
     ]:
@@ -138,7 +142,7 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
         stats, peak = _backtest_process(cfg, out / name)
         walls[name] = stats["wall_seconds"]
         extra = ""
-        if name.startswith("ensemble"):
+        if name != "empty":
             voting = sorted({m.split("-")[0] for m in stats["models"]})
             left_out = [k for k in KINDS if k not in voting]
             batches = pd.read_parquet(out / name / "signals.parquet", columns=["ts_event"])[
@@ -150,7 +154,7 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
             f"{stats['bars'] / walls[name]:,.0f} bars/s{extra}, peak RSS of its process {peak:.2f} GiB",
             flush=True,
         )
-    for name in ("ensemble", "ensemble+risk"):
+    for name in ("scoring", "ensemble", "ensemble+risk"):
         print(f"backtest: {name} / empty wall-time ratio {walls[name] / walls['empty']:.2f} (target <= 1.5)")
     if left_out:
         more = batches * sum(per_batch[k] for k in left_out)

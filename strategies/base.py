@@ -7,8 +7,10 @@ to us for MARGIN accounts:
   balance. Nautilus' RiskEngine does not check it for margin accounts, so without this a 1k account can open
   a 100k position.
 - A liquidation guard: while a position is open, a reduce-only stop-market order rests at its liquidation
-  price, tagged LIQUIDATION. It is re-placed whenever the position changes. Isolated-margin rule for linear
-  USDT-M contracts: long liq = entry * (1 - 1/leverage + mmr); short liq = entry * (1 + 1/leverage - mmr).
+  price, tagged LIQUIDATION. It is re-placed whenever the position changes, and left out while the Exit
+  Brain's stop rests between it and the market: that stop always fills first, so the guard would only cost
+  orders. Isolated-margin rule for linear USDT-M contracts:
+  long liq = entry * (1 - 1/leverage + mmr); short liq = entry * (1 + 1/leverage - mmr).
   In a backtest this is how the margin-exhausted position gets closed at its liquidation price; live, the
   exchange liquidates first, and the order is a harmless last line of defence.
 - An order-rate budget (strategies/order_budget.py): entries wait for room in the node's order-rate window,
@@ -48,7 +50,7 @@ from nautilus_trader.trading.strategy import Strategy
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import OperatorCommand
-from strategies.exit_brain import ExitBrain
+from strategies.exit_brain import STOP_TAGS, ExitBrain
 from strategies.exit_profile import exit_profile_from
 from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
 from strategies.risk_control import RiskControl
@@ -87,7 +89,11 @@ class QTStrategy(Strategy):
         self._entry_orders: dict[InstrumentId, Order] = {}
         self._deferred: dict[InstrumentId, list[Callable[[], None]]] = {}
         exit_profile = exit_profile_from(config.exit_profile)
-        self.exit_brain = ExitBrain(self, exit_profile, self._liquidation_price) if exit_profile else None
+        self.exit_brain = (
+            ExitBrain(self, exit_profile, self._liquidation_price, self._guard_level)
+            if exit_profile
+            else None
+        )
         risk_profile = risk_profile_from(config.risk_profile)
         self.risk = RiskControl(self, risk_profile) if risk_profile else None
         # The orders that will protect one entry: the Exit Brain's stop and take-profits, the liquidation guard.
@@ -297,8 +303,19 @@ class QTStrategy(Strategy):
             self.exit_brain.on_order_filled(event)
 
     def on_order_accepted(self, event: OrderAccepted) -> None:
-        if self.exit_brain is not None:
-            self.exit_brain.on_order_accepted(self.cache.order(event.client_order_id))
+        if self.exit_brain is None:
+            return
+        order = self.cache.order(event.client_order_id)
+        self.exit_brain.on_order_accepted(order)
+        guard = self._liquidation_orders.get(event.instrument_id)
+        is_stop = order is not None and any(tag in STOP_TAGS for tag in order.tags or ())
+        if (
+            is_stop
+            and guard is not None
+            and self.exit_brain.stop_comes_first(event.instrument_id, guard.trigger_price.as_double())
+        ):
+            # a trailing or break-even stop now rests in front of the guard: the venue holds it, the guard goes
+            self._cancel_liquidation_order(event.instrument_id)
 
     def on_order_denied(self, event: OrderDenied) -> None:
         self._entry_failed(event)
@@ -343,15 +360,26 @@ class QTStrategy(Strategy):
             position.side, position.avg_px_open, lev, self.config.maintenance_margin_rate
         )
 
+    def _guard_level(self, position: Position) -> float:
+        """Where the liquidation guard of this position rests; 0.0 when it has none."""
+        if not self.config.liquidation_guard:
+            return 0.0
+        price = self._liquidation_price(position)
+        if price <= self.cache.instrument(position.instrument_id).price_increment.as_double():
+            return 0.0  # an unlevered long cannot be liquidated
+        return price
+
     def _protect(self, position: Position | None) -> None:
-        if not self.config.liquidation_guard or position is None or position.is_closed:
+        if position is None or position.is_closed:
             return
         iid = position.instrument_id
         self._cancel_liquidation_order(iid)
+        price = self._guard_level(position)
+        if price <= 0:
+            return
+        if self.exit_brain is not None and self.exit_brain.stop_comes_first(iid, price):
+            return  # the Exit Brain's stop is reached first on every price path: a guard would never fill
         instrument = self.cache.instrument(iid)
-        price = self._liquidation_price(position)
-        if price <= instrument.price_increment.as_double():
-            return  # an unlevered long cannot be liquidated
         order = self.order_factory.stop_market(
             instrument_id=iid,
             order_side=OrderSide.SELL if position.side == PositionSide.LONG else OrderSide.BUY,

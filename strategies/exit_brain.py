@@ -67,6 +67,7 @@ class Managed:
     atr: float
     opened_ns: int
     quantity: float
+    guard: float = 0.0  # the strategy's liquidation guard level; 0.0 for none
     stop_price: float = 0.0
     stop_tag: str = "SL"
     stop_order: Order | None = None
@@ -83,11 +84,13 @@ class Managed:
 
 
 class ExitBrain:
-    def __init__(self, strategy, profile: ExitProfile, liquidation_price_of):
-        """`liquidation_price_of(position) -> float` comes from the strategy (it knows leverage and mmr)."""
+    def __init__(self, strategy, profile: ExitProfile, liquidation_price_of, guard_level_of):
+        """From the strategy, which knows leverage and mmr: `liquidation_price_of(position) -> float`, and
+        `guard_level_of(position) -> float`, where its liquidation guard rests (0.0 for none)."""
         self.strategy = strategy
         self.profile = profile
         self._liquidation_price_of = liquidation_price_of
+        self._guard_level_of = guard_level_of
         self._atr_at_entry: dict[InstrumentId, float] = {}
         self.positions: dict[InstrumentId, Managed] = {}
 
@@ -112,6 +115,7 @@ class ExitBrain:
             atr=atr,
             opened_ns=position.ts_opened,
             quantity=position.quantity.as_double(),
+            guard=self._guard_level_of(position),
             best=entry,
         )
         self.positions[iid] = managed
@@ -126,6 +130,7 @@ class ExitBrain:
         quantity = position.quantity.as_double()
         if quantity > managed.quantity:  # the entry filled in parts: protect the whole size
             managed.quantity = quantity
+            managed.guard = self._guard_level_of(position)
             self._cancel_all(managed)
             self._place_stop(position.instrument_id, managed, managed.stop_price, managed.stop_tag)
             self._place_take_profits(position.instrument_id, managed)
@@ -227,6 +232,16 @@ class ExitBrain:
         if managed.sign * (candidate - managed.stop_price) >= step and self.strategy.order_rate_allows(1):
             self._place_stop(iid, managed, candidate, "TRAILING")
 
+    def stop_comes_first(self, instrument_id: InstrumentId, price: float) -> bool:
+        """The position's stop rests (or is on its way to the venue) where the market reaches it before `price`.
+
+        Stops only ever move toward the market, and a stop that is denied or rejected is replaced by the one
+        before it or by a market close, so once this holds it holds for the rest of the position's life."""
+        managed = self.positions.get(instrument_id)
+        if managed is None or managed.stop_order is None or managed.stop_order.is_closed:
+            return False
+        return managed.sign * (managed.stop_price - price) > 0
+
     def is_closing(self, instrument_id: InstrumentId) -> bool:
         managed = self.positions.get(instrument_id)
         return managed is not None and managed.closing
@@ -271,6 +286,13 @@ class ExitBrain:
         return stop, "SL"
 
     def _place_stop(self, iid: InstrumentId, managed: Managed, price: float, tag: str) -> None:
+        if managed.guard > 0 and managed.sign * (price - managed.guard) <= 0:
+            # At or beyond the liquidation price the exchange liquidates first, so this stop could never fill;
+            # and Nautilus matches the stops one tick crosses farthest first, so it would fill before the guard
+            # at a worse price. The guard protects the position until the stop moves inside.
+            if managed.stop_order is None or managed.stop_order.is_closed:
+                managed.stop_price, managed.stop_tag = price, tag
+            return
         instrument = self.strategy.cache.instrument(iid)
         quantity = instrument.make_qty(managed.quantity)
         if quantity.as_double() <= 0 or price <= 0:

@@ -142,6 +142,44 @@ def test_challenge_liquidation_buffer_sets_the_stop_when_the_atr_stop_is_too_clo
     assert stats["liquidations"] == 0
 
 
+def test_a_bar_that_sweeps_through_the_stop_and_the_liquidation_price_fills_the_stop(tmp_path):
+    # 5x: liquidation at 100 * (1 - 1/5 + 0.005) = 80.5. One bar falls from 100 to 79, through the 1R stop
+    # (98.5) and then the liquidation price. The stop is reached first, so it is the exit, at its trigger.
+    # (Nautilus matches the sell stops a tick crosses from the lowest trigger up, so a liquidation order
+    # resting behind the stop used to fill first, at 80.5: the Exit Brain's stop now stands in for it.)
+    result, stats, exits = run_exits(tmp_path, path(79.0), "default", leverage=5.0)
+    (row,) = exits.to_dict("records")
+    expect(row, "sl", 98.5, QTY, TAKER)
+    assert stats["liquidations"] == 0
+    assert not [o for o in result.engine.cache.orders() if "LIQUIDATION" in o.tags]
+
+
+def test_a_stop_beyond_the_liquidation_price_is_not_sent_and_the_liquidation_comes_first(tmp_path):
+    # 25x: liquidation at 100 * (1 - 1/25 + 0.005) = 96.5. ATR 3 puts the 1R stop at 95.5, beyond it: on the
+    # exchange the position is liquidated before such a stop could fill, so only the guard rests, and the
+    # bar from 100 to 94 is a liquidation at 96.5, not a stop-loss at 95.5.
+    result, stats, exits = run_exits(tmp_path, path(94.0), "default", atr=3.0, leverage=25.0)
+    (row,) = exits.to_dict("records")
+    expect(row, "liquidation", 96.5, QTY, TAKER, r=4.5)
+    assert stats["liquidations"] == 1
+    assert not [o for o in result.engine.cache.orders() if "SL" in o.tags]
+
+
+def test_a_trailing_stop_that_moves_in_front_of_the_liquidation_price_replaces_the_guard(tmp_path):
+    # As above, but the price first rises to 104: the trailing stop, 2 ATR under the best price, is 98, in
+    # front of the 96.5 liquidation price. Once the venue holds it the guard is cancelled, and the fall to 94
+    # exits at 98 on the trailing stop.
+    result, stats, exits = run_exits(tmp_path, path(102.0, 104.0, 94.0), "default", atr=3.0, leverage=25.0)
+    (row,) = exits.to_dict("records")
+    expect(row, "trailing", 98.0, QTY, TAKER, r=4.5)
+    assert stats["liquidations"] == 0
+    (guard,) = [o for o in result.engine.cache.orders() if "LIQUIDATION" in o.tags]
+    (trailing,) = [o for o in result.engine.cache.orders() if "TRAILING" in o.tags]
+    accepted = next(e.ts_event for e in trailing.events if type(e).__name__ == "OrderAccepted")
+    assert guard.status_string() == "CANCELED"
+    assert accepted <= guard.ts_last < trailing.ts_last  # cancelled once the stop rested, before the fall
+
+
 def test_every_exit_order_is_reduce_only_and_rests_at_the_venue(tmp_path):
     result, _, _ = run_exits(tmp_path, path(101.5, 100.5, 100.0), "challenge_100")
     orders = result.engine.trader.generate_orders_report()

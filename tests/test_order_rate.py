@@ -136,10 +136,11 @@ def test_a_burst_of_entries_waits_for_room_and_no_order_is_ever_denied(tmp_path)
 
 
 def test_a_trailing_step_the_node_denies_leaves_the_old_stop_in_force(tmp_path):
-    # A strategy that ignores the budget, 4 orders per 30 min: the entry, its stop, take-profit and
-    # liquidation guard use them all, so the first trailing steps of the rising price are denied.
+    # A strategy that ignores the budget, 3 orders per 30 min: the entry, its stop and take-profit use
+    # them all (the stop rests inside the liquidation price, so no guard is sent), so the first trailing
+    # steps of the rising price are denied.
     frames = {"UPUSDT": candles(np.round(100 * np.exp(np.arange(80) * 0.0008), 4), spread=0.0002)}
-    result, stats = run(tmp_path, frames, IGNORES_BUDGET, {"enter_on_bar": 30, "atr": 0.5}, "4/00:30:00")
+    result, stats = run(tmp_path, frames, IGNORES_BUDGET, {"enter_on_bar": 30, "atr": 0.5}, "3/00:30:00")
     cache = result.engine.cache
     trailing = [o for o in cache.orders() if "TRAILING" in o.tags]
     denied = [o for o in trailing if any(isinstance(e, OrderDenied) for e in o.events)]

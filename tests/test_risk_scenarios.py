@@ -243,12 +243,16 @@ def test_with_the_buffer_on_no_position_reaches_its_liquidation_price(tmp_path, 
     profile = yaml.safe_load((PROFILE_DIR.parent / "exits" / "challenge_100.yaml").read_text())
     exits_file.write_text(yaml.safe_dump(profile | {"liquidation_buffer": buffer}))
     small = profile_file(tmp_path, "aggressive", risk_per_trade=0.01, supervisor={"mode": "observe"})
-    _, stats, _, exits = run(
+    result, stats, _, exits = run(
         tmp_path, frames, small, strategy={"atr_ratio": 0.02}, leverage=25.0, exits=str(exits_file)
     )
     reasons = set(exits["reason"])
+    guards = [o for o in result.engine.cache.orders() if "LIQUIDATION" in o.tags]
     if buffer is not None:
         assert "liquidation_buffer" in reasons
         assert stats["liquidations"] == 0 and "liquidation" not in reasons
+        # every stop rests inside the liquidation price, so no guard order is even sent
+        assert guards == []
     else:
         assert stats["liquidations"] > 0 and "liquidation" in reasons
+        assert len(guards) >= stats["trades"] > 0  # one per position, re-placed as it changes
