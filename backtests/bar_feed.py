@@ -63,6 +63,16 @@ class BarFeed:
     def __len__(self) -> int:
         return sum(len(s.ts) for s in self._series)
 
+    def frames(self) -> Iterator[tuple[BarType, pd.DataFrame, np.ndarray]]:
+        """Each bar type's bars exactly as the engine gets them (rounded to the instrument's precisions): a
+        frame of date (open time), open, high, low, close, volume, and the close times in ns."""
+        for s in self._series:
+            ts = s.ts.astype(np.int64)
+            step = interval_seconds(interval_of(s.bar_type)) * 1_000_000_000
+            frame = pd.DataFrame(dict(zip(("open", "high", "low", "close", "volume"), s.ohlcv, strict=True)))
+            frame.insert(0, "date", pd.to_datetime(ts - step, utc=True))
+            yield s.bar_type, frame, ts
+
     def gaps(self) -> dict[tuple[InstrumentId, int], float]:
         """Bars that open away from the previous close, keyed by (instrument, ts_init): their open."""
         out = {}

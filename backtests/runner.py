@@ -264,7 +264,7 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     events = EventRecorder()
     engine.add_actor(events)
     _bind_risk_engine(engine)
-    _add_replayed_signals(engine, cfg, start, end)
+    _attach_replayed_signals(strategies, cfg.catalog, start, end)
     if progress:
         engine.add_actor(
             ProgressActor(ProgressActorConfig(start_ns=start.value, end_ns=end.value, bars=bars))
@@ -286,16 +286,18 @@ def _bind_risk_engine(engine: BacktestEngine) -> None:
             actor.bind_risk_engine(engine.kernel.risk_engine)
 
 
-def _add_replayed_signals(engine: BacktestEngine, cfg: BacktestConfig, start, end) -> None:
+def _attach_replayed_signals(strategies: list, catalog: str, start, end) -> None:
     """Strategies with `signal_source: catalog` trade Signal events stored in the catalog (ml/research.py)."""
-    if not any(c.config.get("signal_source") == "catalog" for c in cfg.strategies):
+    replaying = [s for s in strategies if getattr(s.config, "signal_source", None) == "catalog"]
+    if not replaying:
         return
-    from ml.research import read_signals
+    from ml.research import read_signal_table
 
-    signals = read_signals(cfg.catalog, start, end)
-    if not signals:
+    table = read_signal_table(catalog, start, end)
+    if not len(table):
         raise ConfigError(
-            f"signal_source: catalog, but {cfg.catalog} holds no Signal events between {start} and {end}; "
-            "write them first with `qt signals` (ml/research.py)"
+            f"signal_source: catalog, but {catalog} holds no Signal events between {start} and {end}; "
+            "write them first with `qt signals CONFIG` (the same config with signal_source: models)"
         )
-    engine.add_data(signals, client_id=SIGNALS_CLIENT, sort=False)
+    for strategy in replaying:
+        strategy.use_replayed_signals(table)

@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 
+    sg = sub.add_parser(
+        "signals",
+        help="compute a backtest config's ensemble signals in batch and store them in its catalog for replay",
+    )
+    sg.add_argument("config", type=Path, help="a backtest config with one EnsembleStrategy")
+    sg.add_argument("--catalog", type=Path, help="override the config's catalog path")
+    sg.add_argument("--replace", action="store_true", help="delete the universe's stored signals first")
+    sg.add_argument("--no-progress", action="store_true")
+    sg.set_defaults(func=cmd_signals)
+
     wf = sub.add_parser("walkforward", help="retrain on a rolling window, trade each unseen window, stitch")
     wf.add_argument("config", type=Path)
     wf.add_argument("--catalog", type=Path, help="override the config's catalog path")
@@ -178,6 +188,17 @@ def cmd_backtest(args) -> int:
     stats = write_report(run, out)
     _print_stats(stats)
     print(f"report: {out}/ (stats.json, equity.png, tearsheet.html, per_symbol.csv, orders/fills/positions)")
+    return 0
+
+
+def cmd_signals(args) -> int:
+    from backtests.config import load_backtest_config
+    from backtests.signals import write_backtest_signals
+
+    cfg = _with_paths(load_backtest_config(args.config), catalog=args.catalog)
+    count, start, end = write_backtest_signals(cfg, replace=args.replace, progress=not args.no_progress)
+    print(f"{count:,} signals from {start} to {end} written to {cfg.catalog}")
+    print("replay them: the same config with `signal_source: catalog` in the EnsembleStrategy's config")
     return 0
 
 

@@ -17,19 +17,17 @@ scored, plus slippage, with the default `bar_close`).
 import msgspec
 import numpy as np
 import pandas as pd
-from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import Bar, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide
 from nautilus_trader.model.events import PositionClosed
-from nautilus_trader.model.identifiers import ClientId, InstrumentId
+from nautilus_trader.model.identifiers import InstrumentId
 
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, load_ensemble
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, N_FEATURES, OnlineFeatures
-from quantum_trader.events import BarCloseSignals, Signal
+from ml.research import SignalTable
+from quantum_trader.events import BarCloseSignals
 from strategies.base import QTStrategy, QTStrategyConfig
 
-SIGNALS_CLIENT = ClientId("SIGNALS")
-SIGNAL_TYPE = DataType(Signal)  # replayed from the catalog
 BAR_CLOSE_SIGNALS_TYPE = DataType(BarCloseSignals)  # built once: published at every bar close
 _ATR = FEATURE_NAMES.index("atr_14")
 
@@ -66,6 +64,7 @@ class EnsembleStrategy(QTStrategy):
         self.signals_published = 0
         self.entries = 0
         self._trade_start_ns = pd.Timestamp(config.trade_start).value if config.trade_start is not None else 0
+        self._table: SignalTable | None = None
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
         self._last_trade_ns: dict[InstrumentId, int] = {}
@@ -79,9 +78,18 @@ class EnsembleStrategy(QTStrategy):
         self._ids = [bt.instrument_id for bt in self.bar_types]
         self._slot = {iid: i for i, iid in enumerate(self._ids)}
         self._features = OnlineFeatures(len(self._ids))  # ATR for the exits, in both signal sources
-        self._replayed: dict[int, Signal] = {}
         if cfg.signal_source == "catalog":
-            self.subscribe_data(SIGNAL_TYPE, client_id=SIGNALS_CLIENT)
+            if self._table is None:
+                self.log.error(
+                    "signal_source is 'catalog' but no stored signals were given: nothing to trade"
+                )
+                self.stop()
+                return
+            # each stored row's slot, -1 for symbols outside this run's universe
+            slot_of = {str(iid): slot for iid, slot in self._slot.items()}
+            self._table_slots = np.array(
+                [slot_of.get(iid, -1) for iid in self._table.instrument_ids], dtype=np.int64
+            )[self._table.instrument]
             return
         if self.ensemble.missing:
             self.log.warning(f"Reduced model count: running without {sorted(self.ensemble.missing)}")
@@ -98,13 +106,9 @@ class EnsembleStrategy(QTStrategy):
             )
         self._pending[self._slot[bar.bar_type.instrument_id]] = bar
 
-    def on_data(self, data: Data) -> None:
-        """Replay: Signal events stored in the catalog arrive here just before their batch alert fires."""
-        if isinstance(data, Signal):
-            if data.instrument_id in self._slot:
-                self._replayed[self._slot[data.instrument_id]] = data
-            return
-        super().on_data(data)
+    def use_replayed_signals(self, table: SignalTable) -> None:
+        """With `signal_source: catalog`: trade these stored decisions (ml/research.py) instead of scoring."""
+        self._table = table
 
     def _on_batch(self, _event=None) -> None:
         slots = np.fromiter(sorted(self._pending), dtype=np.int64)
@@ -113,7 +117,7 @@ class EnsembleStrategy(QTStrategy):
         ohlcv = _ohlcv(bars)
         rows = self._features.update(slots, *ohlcv)
         closes, atr_ratios = ohlcv[3], rows[:, _ATR]
-        scored = self._replay(slots) if self.ensemble is None else self._score(slots, bars, rows)
+        scored = self._replay(slots, bars) if self.ensemble is None else self._score(slots, bars, rows)
         for batch, positions in scored:
             self._act_on_batch(batch, closes[positions], atr_ratios[positions])
 
@@ -150,14 +154,36 @@ class EnsembleStrategy(QTStrategy):
             out.append((batch, ready[rows_of]))
         return out
 
-    def _replay(self, slots: np.ndarray) -> list[tuple[BarCloseSignals, np.ndarray]]:
-        """The replayed Signals of these slots, each as a batch of one with its position in `slots`."""
-        replayed, self._replayed = self._replayed, {}
-        return [
-            (BarCloseSignals.of(replayed[s]), np.array([pos]))
-            for pos, s in enumerate(slots.tolist())
-            if s in replayed
-        ]
+    def _replay(self, slots: np.ndarray, bars: list[Bar]) -> list[tuple[BarCloseSignals, np.ndarray]]:
+        """The stored decisions about these bars, published as the scoring path would publish them: one
+        BarCloseSignals per bar close, rows in slot order, each with its position in `slots`."""
+        table, now, out = self._table, self.clock.timestamp_ns(), []
+        position_of = np.full(len(self._ids), -1, dtype=np.int64)
+        position_of[slots] = np.arange(len(slots))
+        for ts in sorted({bar.ts_event for bar in bars}):
+            lo, hi = np.searchsorted(table.ts_event, [ts, ts + 1])
+            rows = np.arange(lo, hi)
+            rows = rows[self._table_slots[rows] >= 0]
+            rows = rows[position_of[self._table_slots[rows]] >= 0]  # only the symbols whose bar is here
+            if len(rows) == 0:
+                continue
+            rows = rows[np.argsort(self._table_slots[rows], kind="stable")]
+            batch = BarCloseSignals(
+                ts_event=ts,
+                ts_init=now,
+                instrument_ids=[self._ids[s] for s in self._table_slots[rows].tolist()],
+                direction=table.direction[rows],
+                confidence=table.confidence[rows],
+                prob_up=table.prob_up[rows],
+                forecast=table.forecast[rows],
+                votes={kind: values[rows] for kind, values in table.votes.items()},
+                model_ids=str(table.model_ids[rows[0]]),
+                features_hash=str(table.features_hash[rows[0]]),
+            )
+            self.publish_data(BAR_CLOSE_SIGNALS_TYPE, batch)
+            self.signals_published += len(rows)
+            out.append((batch, position_of[self._table_slots[rows]]))
+        return out
 
     def _push_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Append each slot's new feature row to its window; True where a full finite window exists."""

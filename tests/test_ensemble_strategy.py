@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from backtests.config import parse_backtest_config
 from backtests.report import fingerprint
@@ -15,6 +16,7 @@ from ml.dataset import load_symbol_bars
 from ml.ensemble import EnsembleError, load_ensemble
 from ml.research import batch_signals, write_signals
 from ml.train import TrainConfig, train
+from quantum_trader.cli import main as cli_main
 from quantum_trader.config import ConfigError
 from tests.conftest import build_catalog, candles, random_walk
 
@@ -140,6 +142,34 @@ def test_replaying_stored_signals_gives_the_same_trades(trained, online, tmp_pat
     assert len(replayed.signals) == len(online.signals)
     assert len(fills_of(online)) > 0
     assert fingerprint(fills_of(replayed)) == fingerprint(fills_of(online))
+
+
+def test_qt_signals_then_a_replay_trades_the_same_as_scoring_online(trained, online, tmp_path, capsys):
+    root, _ = trained
+    catalog = tmp_path / "catalog"
+    shutil.copytree(root / "catalog", catalog)
+    config = tmp_path / "ens.yaml"
+    config.write_text(yaml.safe_dump(backtest_config(root) | {"catalog": str(catalog)}))
+    assert cli_main(["signals", str(config), "--no-progress"]) == 0
+    assert f"{len(online.signals):,} signals" in capsys.readouterr().out
+
+    replay = backtest_config(root, signal_source="catalog") | {"catalog": str(catalog)}
+    replayed = run(replay)
+    assert len(replayed.signals) == len(online.signals)
+    pd.testing.assert_frame_equal(replayed.signals.frame(), online.signals.frame(), check_exact=True)
+    assert fingerprint(fills_of(replayed)) == fingerprint(fills_of(online))
+
+    # stored signals are never overwritten by accident
+    assert cli_main(["signals", str(config), "--no-progress"]) == 2
+    assert "--replace" in capsys.readouterr().err
+    assert cli_main(["signals", str(config), "--no-progress", "--replace"]) == 0
+    assert fingerprint(fills_of(run(replay))) == fingerprint(fills_of(online))
+
+
+def test_a_replay_without_stored_signals_names_the_command_that_writes_them(trained):
+    root, _ = trained
+    with pytest.raises(ConfigError, match="qt signals"):
+        run(backtest_config(root, signal_source="catalog"))
 
 
 def test_same_config_same_trades(trained, online):
