@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from nautilus_trader.model.identifiers import InstrumentId
 from nautilus_trader.persistence.catalog import ParquetDataCatalog
 from tqdm import tqdm
@@ -124,41 +126,70 @@ class SignalTable:
 
 
 def read_signal_table(catalog: str | Path, start=None, end=None) -> SignalTable:
-    """The catalog's Signals whose decision time (ts_init) falls inside [start, end], as columns."""
+    """The catalog's Signals whose decision time (ts_init) falls inside [start, end], as columns.
+
+    Files are read one at a time with their text columns as dictionaries, so a 90-day, 100-symbol table
+    (2.6M rows) never exists as Python strings: only its few distinct ids, hashes and directions do."""
     folder = Path(catalog) / "data" / SIGNAL_DATA_DIR
     files = sorted(folder.glob("*/*.parquet")) if folder.is_dir() else []
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
-    if len(frame):
-        keep = np.ones(len(frame), dtype=bool)
-        if start is not None:
-            keep &= frame["ts_init"].to_numpy() >= pd.Timestamp(start).value
-        if end is not None:
-            keep &= frame["ts_init"].to_numpy() <= pd.Timestamp(end).value
-        frame = frame[keep].sort_values(["ts_event", "instrument_id"], kind="stable")
-    else:
-        frame = pd.DataFrame(columns=["ts_event", "instrument_id", "direction", *_FLOATS, "model_ids"])
-    codes, uniques = pd.factorize(frame["instrument_id"].astype(str), sort=True)
-    unknown = set(frame["direction"].unique()) - set(_DIRECTION_CODES)
+    lo = pd.Timestamp(start).value if start is not None else np.iinfo(np.int64).min
+    hi = pd.Timestamp(end).value if end is not None else np.iinfo(np.int64).max
+    texts: dict[str, dict[str, int]] = {name: {} for name in _TEXT}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in _COLUMNS}
+    for f in files:
+        table = pq.read_table(f, columns=_COLUMNS, read_dictionary=_TEXT).combine_chunks()
+        ts_init = table["ts_init"].to_numpy()
+        keep = (ts_init >= lo) & (ts_init <= hi)
+        for name in _COLUMNS:
+            column = table[name].chunk(0) if table[name].num_chunks else None
+            if name in _TEXT:
+                values = _text_codes(column, texts[name]) if column is not None else np.empty(0, np.int32)
+            else:
+                values = column.to_numpy(zero_copy_only=False) if column is not None else np.empty(0)
+            parts[name].append(values[keep])
+    cols = {name: np.concatenate(chunks) if chunks else np.empty(0) for name, chunks in parts.items()}
+    order = np.lexsort((cols["instrument_id"], cols["ts_event"])) if len(cols["ts_event"]) else []
+    names = {name: list(codes) for name, codes in texts.items()}
+    unknown = set(names["direction"]) - set(_DIRECTION_CODES)
     if unknown:
         raise ValueError(
             f"stored signals have unknown directions {sorted(unknown)}; allowed: LONG, SHORT, FLAT"
         )
+    direction_of = np.array([_DIRECTION_CODES[d] for d in names["direction"]] or [0], dtype=np.int8)
     return SignalTable(
-        ts_event=frame["ts_event"].to_numpy(dtype=np.int64),
-        instrument=codes.astype(np.int32),
-        instrument_ids=list(uniques),
-        direction=frame["direction"].map(_DIRECTION_CODES).to_numpy(dtype=np.int8),
-        confidence=frame["confidence"].to_numpy(dtype=np.float64),
-        prob_up=frame["prob_up"].to_numpy(dtype=np.float64),
-        forecast=frame["forecast"].to_numpy(dtype=np.float64),
+        ts_event=cols["ts_event"][order].astype(np.int64),
+        instrument=cols["instrument_id"][order].astype(np.int32),
+        instrument_ids=names["instrument_id"],
+        direction=direction_of[cols["direction"][order].astype(np.int64)],
+        confidence=cols["confidence"][order].astype(np.float64),
+        prob_up=cols["prob_up"][order].astype(np.float64),
+        forecast=cols["forecast"][order].astype(np.float64),
         votes={
-            kind: frame[f"vote_{kind}"].to_numpy(dtype=np.float64)
+            kind: cols[f"vote_{kind}"][order].astype(np.float64)
             for kind in MODEL_KINDS
-            if f"vote_{kind}" in frame and frame[f"vote_{kind}"].notna().any()
+            if np.isfinite(cols[f"vote_{kind}"]).any()
         },
-        model_ids=frame["model_ids"].to_numpy(dtype=object),
-        features_hash=frame.get("features_hash", pd.Series("", index=frame.index)).to_numpy(dtype=object),
+        model_ids=np.array(names["model_ids"] or [""], dtype=object)[
+            cols["model_ids"][order].astype(np.int64)
+        ],
+        features_hash=np.array(names["features_hash"] or [""], dtype=object)[
+            cols["features_hash"][order].astype(np.int64)
+        ],
+    )
+
+
+def _text_codes(column: pa.DictionaryArray, codes: dict[str, int]) -> np.ndarray:
+    """A dictionary column's rows as codes into `codes`, which gains the values it has not seen."""
+    mapping = np.array(
+        [codes.setdefault(v, len(codes)) for v in column.dictionary.to_pylist()], dtype=np.int32
+    )
+    return (
+        mapping[column.indices.to_numpy(zero_copy_only=False)]
+        if len(mapping)
+        else np.zeros(len(column), np.int32)
     )
 
 
 _FLOATS = ("confidence", "prob_up", "forecast")
+_TEXT = ["instrument_id", "direction", "model_ids", "features_hash"]
+_COLUMNS = ["ts_event", "ts_init", *_TEXT, *_FLOATS, *(f"vote_{kind}" for kind in MODEL_KINDS)]
