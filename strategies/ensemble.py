@@ -149,8 +149,7 @@ class EnsembleStrategy(QTStrategy):
                 model_ids=self.ensemble.model_ids,
                 features_hash=FEATURE_SET_HASH,
             )
-            self.publish_data(BAR_CLOSE_SIGNALS_TYPE, batch)
-            self.signals_published += len(rows_of)
+            self._publish(batch)
             out.append((batch, ready[rows_of]))
         return out
 
@@ -180,10 +179,13 @@ class EnsembleStrategy(QTStrategy):
                 model_ids=str(table.model_ids[rows[0]]),
                 features_hash=str(table.features_hash[rows[0]]),
             )
-            self.publish_data(BAR_CLOSE_SIGNALS_TYPE, batch)
-            self.signals_published += len(rows)
+            self._publish(batch)
             out.append((batch, position_of[self._table_slots[rows]]))
         return out
+
+    def _publish(self, batch: BarCloseSignals) -> None:
+        self.publish_data(BAR_CLOSE_SIGNALS_TYPE, batch)
+        self.signals_published += len(batch)
 
     def _push_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Append each slot's new feature row to its window; True where a full finite window exists."""

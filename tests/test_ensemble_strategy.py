@@ -14,7 +14,7 @@ from catalog.instruments import instrument_id
 from catalog.store import CatalogStore
 from ml.dataset import load_symbol_bars
 from ml.ensemble import EnsembleError, load_ensemble
-from ml.research import batch_signals, write_signals
+from ml.research import batch_signals, read_signal_table, write_signals
 from ml.train import TrainConfig, train
 from quantum_trader.cli import main as cli_main
 from quantum_trader.config import ConfigError
@@ -152,6 +152,11 @@ def test_qt_signals_then_a_replay_trades_the_same_as_scoring_online(trained, onl
     config.write_text(yaml.safe_dump(backtest_config(root) | {"catalog": str(catalog)}))
     assert cli_main(["signals", str(config), "--no-progress"]) == 0
     assert f"{len(online.signals):,} signals" in capsys.readouterr().out
+
+    recorded = online.signals.frame()
+    mid = recorded["ts_init"].iloc[len(recorded) // 2]
+    later = read_signal_table(catalog, start=mid)
+    assert len(later) == (recorded["ts_init"] >= mid).sum()  # a period reads only its own decisions
 
     replay = backtest_config(root, signal_source="catalog") | {"catalog": str(catalog)}
     replayed = run(replay)
