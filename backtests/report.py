@@ -196,7 +196,9 @@ def signal_stats(signals: pd.DataFrame, strategies: list) -> dict:
         "signals_by_direction": signals["direction"].value_counts().to_dict(),
         "signal_confidence_mean": float(signals["confidence"].mean()),
         "entries": sum(getattr(s, "entries", 0) for s in strategies),
-        "models": [m.model_id for e in ensembles for m in e.members],
+        # A replay runs no model: the ids its stored decisions carry say which models made them.
+        "models": [m.model_id for e in ensembles for m in e.members]
+        or sorted({m for ids in signals["model_ids"].unique() for m in str(ids).split(",") if m}),
         "models_missing": {k: v for e in ensembles for k, v in e.missing.items()},
     }
 

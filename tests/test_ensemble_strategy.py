@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from backtests.config import parse_backtest_config
-from backtests.report import fingerprint
+from backtests.report import fingerprint, write_report
 from backtests.runner import run_backtest
 from catalog.instruments import instrument_id
 from catalog.store import CatalogStore
@@ -163,6 +163,8 @@ def test_qt_signals_then_a_replay_trades_the_same_as_scoring_online(trained, onl
     assert len(replayed.signals) == len(online.signals)
     pd.testing.assert_frame_equal(replayed.signals.frame(), online.signals.frame(), check_exact=True)
     assert fingerprint(fills_of(replayed)) == fingerprint(fills_of(online))
+    stats = write_report(replayed, tmp_path / "replay-report")
+    assert stats["models"] == sorted(m.model_id for m in online.strategies[0].ensemble.members)
 
     # stored signals are never overwritten by accident
     assert cli_main(["signals", str(config), "--no-progress"]) == 2
