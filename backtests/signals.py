@@ -5,7 +5,6 @@ a backtest of the same config with `signal_source: catalog` trades the same deci
 online (tests/test_ensemble_strategy.py).
 """
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,7 @@ from catalog.instruments import symbol_of
 from catalog.store import CatalogStore
 from ml.dataset import SymbolBars
 from ml.ensemble import load_ensemble
-from ml.research import SIGNAL_DATA_DIR, batch_signals, read_signal_table, write_signals
+from ml.research import read_signal_table, write_batch_signals
 from quantum_trader.config import ConfigError
 from strategies.ensemble import EnsembleStrategyConfig
 
@@ -28,8 +27,8 @@ def write_backtest_signals(
     """`qt signals CONFIG`: the Signals the config's EnsembleStrategy would publish over the config's universe and
     period, computed in batch from exactly the bars the backtest feeds, written into its catalog.
 
-    Returns (signals written, start, end). Stored signals of the period are kept unless `replace`, which first
-    deletes every stored signal of the universe's symbols.
+    Returns (signals written, start, end). Stored signals of the period are kept unless `replace`, which deletes
+    each symbol's stored signals just before writing its new ones.
     """
     entries = [s for s in cfg.strategies if s.path.endswith(":EnsembleStrategy")]
     if len(entries) != 1:
@@ -53,9 +52,7 @@ def write_backtest_signals(
     for bar_type, frame, close_time in feed.frames():
         bars.append(SymbolBars(symbol_of(bar_type.instrument_id), frame, close_time))
         ids.append(bar_type.instrument_id)
-    signals = batch_signals(ensemble, bars, ids, strategy.batch_delay_ms, end.value, progress)
-    if replace:
-        for iid in ids:
-            shutil.rmtree(Path(cfg.catalog) / "data" / SIGNAL_DATA_DIR / str(iid), ignore_errors=True)
-    write_signals(cfg.catalog, signals)
-    return len(signals), start, end
+    count = write_batch_signals(
+        cfg.catalog, ensemble, bars, ids, strategy.batch_delay_ms, end.value, progress, replace
+    )
+    return count, start, end

@@ -13,6 +13,7 @@ slower than scoring and took 3x the memory).
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from nautilus_trader.core.datetime import unix_nanos_to_iso8601
 from nautilus_trader.model.identifiers import InstrumentId
 from nautilus_trader.persistence.catalog import ParquetDataCatalog
 from tqdm import tqdm
 
 from ml.dataset import SymbolBars, full_windows
-from ml.ensemble import DIRECTION_NAMES, Ensemble
+from ml.ensemble import DIRECTION_NAMES, FLAT, LONG, SHORT, Ensemble
 from ml.features import FEATURE_SET_HASH, compute_features
 from quantum_trader.events import MODEL_KINDS, Signal
 
@@ -48,8 +50,48 @@ def batch_signals(
     With `end_ns` (a backtest's end), a bar whose decision time (close + batch delay) falls after it has
     no signal, as in the backtest, whose clock stops at the end.
     """
-    lookback = ensemble.lookback
     out = []
+    delay_ns = batch_delay_ms * 1_000_000
+    for iid, ts, votes in _symbol_votes(ensemble, bars, instrument_ids, delay_ns, end_ns, progress):
+        out.extend(_signals(ensemble, iid, ts, votes, delay_ns))
+    order = {iid: i for i, iid in enumerate(instrument_ids)}
+    out.sort(key=lambda s: (s.ts_event, order[s.instrument_id]))
+    return out
+
+
+def write_batch_signals(
+    catalog: str | Path,
+    ensemble: Ensemble,
+    bars: list[SymbolBars],
+    instrument_ids: list[InstrumentId],
+    batch_delay_ms: int = 500,
+    end_ns: int | None = None,
+    progress: bool = False,
+    replace: bool = False,
+) -> int:
+    """`batch_signals` written straight into the catalog, a symbol at a time, as the files Nautilus writes for
+    Signal data (same folder, file name and columns), without a Python object per decision. With `replace`,
+    a symbol's stored signals are deleted just before its new ones are written. Returns the count."""
+    count, delay_ns = 0, batch_delay_ms * 1_000_000
+    for iid, ts, votes in _symbol_votes(ensemble, bars, instrument_ids, delay_ns, end_ns, progress):
+        table = _signal_columns(ensemble, iid, ts, votes, delay_ns)
+        folder = Path(catalog) / "data" / SIGNAL_DATA_DIR / str(iid)
+        if replace:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        first, last = (unix_nanos_to_iso8601(int(t)) for t in (ts[0] + delay_ns, ts[-1] + delay_ns))
+        pq.write_table(table, folder / f"{_file_time(first)}_{_file_time(last)}.parquet")
+        count += len(ts)
+    return count
+
+
+def _file_time(iso: str) -> str:
+    return iso.replace(":", "-").replace(".", "-")  # Nautilus' catalog file names
+
+
+def _symbol_votes(ensemble, bars, instrument_ids, delay_ns, end_ns, progress):
+    """Per symbol: (instrument id, close times of the scored bars, their votes)."""
+    lookback = ensemble.lookback
     symbols = tqdm(
         zip(bars, instrument_ids, strict=True),
         total=len(bars),
@@ -61,7 +103,7 @@ def batch_signals(
         features = compute_features(sb.frame).to_numpy(dtype=np.float32)
         rows = np.flatnonzero(full_windows(features, lookback))
         if end_ns is not None:
-            rows = rows[sb.close_time[rows] + batch_delay_ms * 1_000_000 <= end_ns]
+            rows = rows[sb.close_time[rows] + delay_ns <= end_ns]
         if len(rows) == 0:
             continue
         forecasts = np.concatenate(
@@ -71,11 +113,37 @@ def batch_signals(
                 if len(chunk)
             ]
         )
-        votes = ensemble.combine(forecasts)
-        out.extend(_signals(ensemble, iid, sb.close_time[rows], votes, batch_delay_ms * 1_000_000))
-    order = {iid: i for i, iid in enumerate(instrument_ids)}
-    out.sort(key=lambda s: (s.ts_event, order[s.instrument_id]))
-    return out
+        yield iid, sb.close_time[rows], ensemble.combine(forecasts)
+
+
+def _signal_columns(ensemble: Ensemble, iid: InstrumentId, ts: np.ndarray, votes, delay_ns: int) -> pa.Table:
+    n = len(ts)
+    code = votes.direction
+    direction = np.where(
+        code == LONG,
+        DIRECTION_NAMES[LONG],
+        np.where(code == SHORT, DIRECTION_NAMES[SHORT], DIRECTION_NAMES[FLAT]),
+    )
+    kinds = ensemble.kinds
+    columns = {
+        "instrument_id": pa.array([str(iid)] * n, pa.string()),
+        "direction": pa.array(direction.tolist(), pa.string()),
+        "confidence": pa.array(votes.confidence, pa.float64()),
+        "prob_up": pa.array(votes.prob_up, pa.float64()),
+        "forecast": pa.array(votes.forecast, pa.float64()),
+        **{
+            f"vote_{k}": pa.array(
+                votes.votes[:, kinds.index(k)] if k in kinds else np.full(n, np.nan), pa.float64()
+            )
+            for k in MODEL_KINDS
+        },
+        "model_ids": pa.array([ensemble.model_ids] * n, pa.string()),
+        "features_hash": pa.array([FEATURE_SET_HASH] * n, pa.string()),
+        "type": pa.array(["Signal"] * n, pa.string()),
+        "ts_event": pa.array(ts.astype(np.int64), pa.int64()),
+        "ts_init": pa.array(ts.astype(np.int64) + delay_ns, pa.int64()),
+    }
+    return pa.table(columns)
 
 
 def _forecasts(ensemble: Ensemble, windows: np.ndarray) -> np.ndarray:

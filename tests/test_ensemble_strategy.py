@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from nautilus_trader.persistence.catalog import ParquetDataCatalog
 
 from backtests.config import parse_backtest_config
 from backtests.report import fingerprint, write_report
@@ -18,6 +19,7 @@ from ml.research import batch_signals, read_signal_table, write_signals
 from ml.train import TrainConfig, train
 from quantum_trader.cli import main as cli_main
 from quantum_trader.config import ConfigError
+from quantum_trader.events import Signal
 from tests.conftest import build_catalog, candles, random_walk
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
@@ -153,6 +155,12 @@ def test_qt_signals_then_a_replay_trades_the_same_as_scoring_online(trained, onl
     assert cli_main(["signals", str(config), "--no-progress"]) == 0
     assert f"{len(online.signals):,} signals" in capsys.readouterr().out
 
+    def key(signal):
+        return signal.ts_init, signal.instrument_id.value
+
+    stored = [d.data for d in ParquetDataCatalog(str(catalog)).custom_data(Signal)]  # Nautilus reads them
+    assert sorted(stored, key=key) == sorted(batch_signals_of(online, catalog), key=key)
+
     recorded = online.signals.frame()
     mid = recorded["ts_init"].iloc[len(recorded) // 2]
     later = read_signal_table(catalog, start=mid)
@@ -171,6 +179,13 @@ def test_qt_signals_then_a_replay_trades_the_same_as_scoring_online(trained, onl
     assert "--replace" in capsys.readouterr().err
     assert cli_main(["signals", str(config), "--no-progress", "--replace"]) == 0
     assert fingerprint(fills_of(run(replay))) == fingerprint(fills_of(online))
+
+
+def batch_signals_of(online, catalog) -> list[Signal]:
+    bar_types = online.universe.bar_types
+    ids = [b.instrument_id for b in bar_types]
+    bars = load_symbol_bars(catalog, bar_types)
+    return batch_signals(online.strategies[0].ensemble, bars, ids, end_ns=online.end.value)
 
 
 def test_a_replay_without_stored_signals_names_the_command_that_writes_them(trained):
