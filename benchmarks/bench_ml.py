@@ -3,8 +3,9 @@
 1. Training time of each model on a seed-sized set (54k train / 12k validation rows, 49 features), with
    the best validation loss beside a longer run of the same model (--long) and the zero-forecast loss.
 2. Inference: microseconds per symbol for one batch of 100 symbols, per model and for the ensemble.
-3. Backtest: the EnsembleStrategy scoring every bar without trading, trading alone, and trading with the Exit
-   Brain and the whole risk layer (CHALLENGE_100, moderate, emergency stop), vs the empty strategy on the same catalog in the same run: wall time,
+3. Backtest: the EnsembleStrategy scoring every bar without trading, the same decisions stored once (`qt
+   signals`) and replayed without trading, trading (scoring and replayed), and trading with the Exit Brain and
+   the whole risk layer (CHALLENGE_100, moderate, emergency stop), vs the empty strategy on the same catalog in the same run: wall time,
    bars/s, their ratio (target <= 1.5), and the peak memory of each backtest's own `qt backtest` process
    (target <= 4 GB). The models are trained on the
    same 90 days (70/15/15 split), so this measures throughput, not skill: see `qt walkforward` for that.
@@ -118,28 +119,25 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
     # Every bar scored and every Signal published and recorded, but no entry: what the features, the models
     # and the vote cost on their own, apart from Nautilus' cost of the orders the trades send.
     scoring_only = (ensemble[0], {**ensemble[1], "trade_start": "2100-01-01"})
+    # The research fast path: the same decisions stored once (`qt signals`) and replayed, without inference.
+    replay = (ensemble[0], {**ensemble[1], "signal_source": "catalog"})
+    replay_only = (ensemble[0], {**replay[1], "trade_start": "2100-01-01"})
     # The whole risk layer: CHALLENGE_100 exits, moderate sizing and gates, the emergency stop.
     risk_layer = {
         "exit_profile": "challenge_100",
         "risk_profile": "moderate",
         "actors": [{"path": "actors.emergency_stop:EmergencyStop"}],
     }
+    _store_signals(_config("signals", catalog, ensemble, {}), out / "signals")
     for name, (path, conf), extra_cfg in [
         ("empty", ("strategies.empty:Empty", {}), {}),
         ("scoring", scoring_only, {}),
+        ("replay", replay_only, {}),
         ("ensemble", ensemble, {}),
+        ("ensemble replay", replay, {}),
         ("ensemble+risk", ensemble, risk_layer),
     ]:
-        cfg = {
-            "name": name,
-            "catalog": str(catalog),
-            "universe": {"select": "all", "market": "spot"},
-            "venue": {"starting_balance": 100_000, "default_leverage": 1},
-            "strategies": [{"path": path, "config": conf}],
-            "report": {"tearsheet": False},
-            **extra_cfg,
-        }
-        stats, peak = _backtest_process(cfg, out / name)
+        stats, peak = _backtest_process(_config(name, catalog, (path, conf), extra_cfg), out / name)
         walls[name] = stats["wall_seconds"]
         extra = ""
         if name != "empty":
@@ -148,13 +146,16 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
             batches = pd.read_parquet(out / name / "signals.parquet", columns=["ts_event"])[
                 "ts_event"
             ].nunique()
-            extra = f", {stats['signals']:,} signals, {stats['entries']:,} entries, voting {voting}"
+            extra = (
+                f", {stats['signals']:,} signals, {stats['entries']:,} entries, voting {voting}, "
+                f"fingerprint {stats['fingerprint'][:8]}"
+            )
         print(
-            f"backtest {name:<8}: {stats['bars']:,} bars, run {walls[name]:.1f} s = "
+            f"backtest {name:<15}: {stats['bars']:,} bars, run {walls[name]:.1f} s = "
             f"{stats['bars'] / walls[name]:,.0f} bars/s{extra}, peak RSS of its process {peak:.2f} GiB",
             flush=True,
         )
-    for name in ("scoring", "ensemble", "ensemble+risk"):
+    for name in ("scoring", "replay", "ensemble", "ensemble replay", "ensemble+risk"):
         print(f"backtest: {name} / empty wall-time ratio {walls[name] / walls['empty']:.2f} (target <= 1.5)")
     if left_out:
         more = batches * sum(per_batch[k] for k in left_out)
@@ -164,6 +165,30 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
             f"{(walls['ensemble'] + more) / walls['empty']:.2f} without and "
             f"{(walls['ensemble+risk'] + more) / walls['empty']:.2f} with the risk layer (a projection, not a measurement)"
         )
+
+
+def _config(name: str, catalog: Path, strategy: tuple[str, dict], extra: dict) -> dict:
+    path, conf = strategy
+    return {
+        "name": name,
+        "catalog": str(catalog),
+        "universe": {"select": "all", "market": "spot"},
+        "venue": {"starting_balance": 100_000, "default_leverage": 1},
+        "strategies": [{"path": path, "config": conf}],
+        "report": {"tearsheet": False},
+        **extra,
+    }
+
+
+def _store_signals(cfg: dict, out: Path) -> None:
+    """`qt signals`: the ensemble's decisions over the whole set, stored in the catalog for the replays."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "config-in.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "quantum_trader.cli", "signals", str(config), "--no-progress"]
+    t0 = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    print(f"signals : {done.stdout.splitlines()[0]} in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def _backtest_process(cfg: dict, out: Path) -> tuple[dict, float]:
