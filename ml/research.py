@@ -32,7 +32,7 @@ from ml.features import FEATURE_SET_HASH, compute_features
 from quantum_trader.events import MODEL_KINDS, Signal
 
 SIGNAL_DATA_DIR = "custom_signal"  # where Nautilus' catalog keeps Signal data, one folder per instrument
-_DIRECTION_CODES = {"LONG": 1, "SHORT": -1, "FLAT": 0}
+_DIRECTION_CODES = {name: code for code, name in DIRECTION_NAMES.items()}
 
 PREDICT_CHUNK = 8192
 
