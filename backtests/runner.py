@@ -9,8 +9,11 @@ order for a symbol processed later in the same timestamp at its old price and th
 price: timing would depend on the symbol's place in the sort order.
 """
 
+import gc
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -271,11 +274,28 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
         )
     t0 = time.perf_counter()
     engine.sort_data()
-    engine.run(start=start, end=end)
+    with rare_young_gc_passes():
+        engine.run(start=start, end=end)
     wall = time.perf_counter() - t0
     return RunArtifacts(
         engine, cfg, universe, funding, equity, signals, events, strategies, start, end, wall, bars
     )
+
+
+@contextmanager
+def rare_young_gc_passes(threshold: int = 50_000) -> Iterator[None]:
+    """Collect the youngest generation every `threshold` allocations instead of CPython's 700, for the run only.
+
+    Nautilus keeps every order, event, account state and position of a run in its cache, and each young pass
+    walks the survivors and promotes them. On 100 symbols x 12 days with 6,716 entries that took 3.6 s of a 42 s
+    run; with 50,000 it took 1.0 s and the run 37-38 s, at the same peak memory, because the objects are freed by
+    reference counting and almost none of them form cycles."""
+    previous = gc.get_threshold()
+    gc.set_threshold(threshold, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 def _bind_risk_engine(engine: BacktestEngine) -> None:
