@@ -9,7 +9,9 @@ Evaluators, each tripping with its own `code`:
 - system health: a HealthEvent with status "critical" (`system_health`); "degraded" does not trip;
 - execution errors: MORE than `max_consecutive_errors` OrderRejected / OrderDenied / OrderModifyRejected /
   OrderCancelRejected in a row, on the `events.order.*` topics of every strategy; an OrderAccepted or
-  OrderFilled ends the run (`execution_errors`);
+  OrderFilled ends the run (`execution_errors`). A cancel rejected for an order that is already closed is
+  neither: the venue filled or cancelled it first (it cancels the reduce-only orders of a position that
+  closes), so what the cancel asked for holds. Binance answers such a cancel with -2011 "Unknown order";
 - data feed: the newest bar of any watched bar type (`bar_types`, injected by the runner) is older than
   `feed_stale_seconds` + `feed_grace_seconds`, or no bar came for that long since the start or the last
   reset (`feed_stale`). A time alert just past that limit is moved on by every new bar, so it fires the
@@ -355,6 +357,8 @@ class EmergencyStop(Actor):
         self._check_feed(self.clock.timestamp_ns())
 
     def _on_order_event(self, event) -> None:
+        if isinstance(event, OrderCancelRejected) and self._order_is_closed(event):
+            return  # a late cancel: see the module notes
         if isinstance(event, _ERRORS):
             self._errors += 1
             limit = self.settings.max_consecutive_errors
@@ -366,6 +370,10 @@ class EmergencyStop(Actor):
                 self.trip("execution_errors", reason, float(self._errors), float(limit))
         elif isinstance(event, _SUCCESSES):
             self._errors = 0
+
+    def _order_is_closed(self, event) -> bool:
+        order = self.cache.order(event.client_order_id)
+        return order is not None and order.is_closed
 
     def on_data(self, data: Data) -> None:
         if isinstance(data, HealthEvent):

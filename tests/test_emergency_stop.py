@@ -45,7 +45,7 @@ def at(text: str) -> pd.Timestamp:
 class ProbeConfig(QTStrategyConfig, frozen=True):
     buy_on_bar: int = 0  # market BUY of notional_usd on this bar (0 = never)
     add_every: int = 0  # after the buy, try to add 100 USDT every n bars
-    plan: tuple[str, ...] = ()  # from bar 3 on, one step a bar: "errors N" or "buy"
+    plan: tuple[str, ...] = ()  # from bar 3 on, one step a bar: "errors N", "buy" or "bracket N"
 
 
 class Probe(QTStrategy):
@@ -56,6 +56,7 @@ class Probe(QTStrategy):
         self.seen: list[tuple[pd.Timestamp, bool]] = []
         self.denied: list[tuple[pd.Timestamp, str]] = []
         self.adds: list[pd.Timestamp] = []
+        self.cancel_rejects: list[str] = []
 
     def on_bar(self, bar: Bar) -> None:
         self.n += 1
@@ -71,6 +72,8 @@ class Probe(QTStrategy):
         if 0 <= step < len(c.plan):
             if c.plan[step] == "buy":
                 self.enter(iid, OrderSide.BUY, price)
+            elif c.plan[step].startswith("bracket"):
+                self.bracket(iid, int(c.plan[step].split()[1]))
             else:
                 self.bad_orders(iid, int(c.plan[step].split()[1]))
 
@@ -83,6 +86,30 @@ class Probe(QTStrategy):
             else:  # 5 decimals on a 4-decimal instrument: "price invalid (precision 5 > 4)"
                 order = self.order_factory.limit(iid, OrderSide.BUY, qty, Price(1.00001, 5))
             self.submit_order(order)
+
+    def bracket(self, iid, stops: int) -> None:
+        """A reduce-only take-profit 5% above the entry and `stops` reduce-only stops 5% below it."""
+        instrument = self.cache.instrument(iid)
+        (position,) = self.cache.positions_open(instrument_id=iid, strategy_id=self.id)
+        entry, qty = position.avg_px_open, position.quantity
+        self.submit_order(
+            self.order_factory.limit(
+                iid, OrderSide.SELL, qty, instrument.make_price(entry * 1.05), reduce_only=True
+            )
+        )
+        for _ in range(stops):
+            trigger = instrument.make_price(entry * 0.95)
+            self.submit_order(
+                self.order_factory.stop_market(iid, OrderSide.SELL, qty, trigger, reduce_only=True)
+            )
+
+    def on_position_closed(self, event) -> None:
+        super().on_position_closed(event)
+        for order in self.cache.orders_open(instrument_id=event.instrument_id, strategy_id=self.id):
+            self.cancel_order(order)
+
+    def on_order_cancel_rejected(self, event) -> None:
+        self.cancel_rejects.append(event.reason)
 
     def on_order_denied(self, event) -> None:
         self.denied.append((pd.Timestamp(event.ts_event, tz="UTC"), event.reason))
@@ -124,8 +151,11 @@ def health(when: str, status: str) -> dict:
 
 
 # ---- running a scenario -------------------------------------------------------------------------------
-def catalog_of(tmp_path, closes, drop: tuple[int, ...] = ()):
+def catalog_of(tmp_path, closes, drop: tuple[int, ...] = (), wide: tuple[int, ...] = ()):
+    """`wide`: bars whose high is 10% above and whose low is 10% below their close."""
     frame = candles(np.round(np.asarray(closes, dtype=float), 4), spread=0.0)
+    frame.loc[list(wide), "high"] = frame.loc[list(wide), "close"] * 1.1
+    frame.loc[list(wide), "low"] = frame.loc[list(wide), "close"] * 0.9
     frame = frame.drop(index=list(drop)).reset_index(drop=True)
     return build_catalog(tmp_path / "catalog", {"ESSUSDT": frame}).path
 
@@ -241,6 +271,19 @@ def test_more_than_five_consecutive_rejected_or_denied_orders_trip_execution_err
     if trips:
         trip = s.trip()
         assert (trip["value"], trip["limit"]) == (6.0, 5.0)
+
+
+def test_a_cancel_that_arrives_after_the_order_is_done_is_no_execution_error(tmp_path):
+    """One bar's low triggers the six stops: the first fills and closes the position, and the strategy cancels
+    the take-profit and the five other stops. The venue has already cancelled them itself (reduce-only orders
+    of a closed position) when those cancels arrive, and answers each with "not found". What a cancel asks for
+    holds, on Binance as in the simulation: these six do not count, and five real errors after them do not
+    trip the stop either."""
+    catalog = catalog_of(tmp_path, flat(0.2), wide=(6,))
+    s = run(catalog, plan=("buy", "bracket 6", "errors 0", "errors 0", "errors 0", "errors 5"))
+    assert len(s.probe.cancel_rejects) == 6 and all("not found" in r for r in s.probe.cancel_rejects)
+    assert len(s.probe.denied) == 2  # the real errors happened: two denials and three rejections
+    assert s.ess.trips == []
 
 
 # ---- 3. system health ---------------------------------------------------------------------------------
