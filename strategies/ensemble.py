@@ -29,7 +29,6 @@ from quantum_trader.events import BarCloseSignals
 from strategies.base import QTStrategy, QTStrategyConfig
 
 BAR_CLOSE_SIGNALS_TYPE = DataType(BarCloseSignals)  # built once: published at every bar close
-_ATR = FEATURE_NAMES.index("atr_14")
 
 
 class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
@@ -77,8 +76,11 @@ class EnsembleStrategy(QTStrategy):
         cfg = self.config
         self._ids = [bt.instrument_id for bt in self.bar_types]
         self._slot = {iid: i for i, iid in enumerate(self._ids)}
-        self._features = OnlineFeatures(len(self._ids))  # ATR for the exits, in both signal sources
-        if cfg.signal_source == "catalog":
+        # The exits read the ATR in both signal sources; a replay needs nothing else.
+        replay = cfg.signal_source == "catalog"
+        self._features = OnlineFeatures(len(self._ids), ("atr_14",) if replay else FEATURE_NAMES)
+        self._atr_column = self._features.features.index("atr_14")
+        if replay:
             if self._table is None:
                 self.log.error(
                     "signal_source is 'catalog' but no stored signals were given: nothing to trade"
@@ -116,7 +118,7 @@ class EnsembleStrategy(QTStrategy):
         self._pending = {}
         ohlcv = _ohlcv(bars)
         rows = self._features.update(slots, *ohlcv)
-        closes, atr_ratios = ohlcv[3], rows[:, _ATR]
+        closes, atr_ratios = ohlcv[3], rows[:, self._atr_column]
         scored = self._replay(slots, bars) if self.ensemble is None else self._score(slots, bars, rows)
         for batch, positions in scored:
             self._act_on_batch(batch, closes[positions], atr_ratios[positions])

@@ -139,6 +139,26 @@ def test_update_one_equals_batch_and_reset_reuses_a_slot():
     assert online.bars_seen[0] == 0
 
 
+@pytest.mark.parametrize("features", [("atr_14",), ("stoch_d", "macd_hist", "atr_14"), ("body",)])
+def test_a_subset_of_features_equals_the_full_evaluators_columns_bit_for_bit(features):
+    frames = [synthetic_bars(700, seed=30), synthetic_bars(500, seed=31, price=0.3)]
+    full = OnlineFeatures(n_slots=2)
+    subset = OnlineFeatures(n_slots=2, features=features)
+    columns = [FEATURE_NAMES.index(name) for name in features]
+    for t in range(500):
+        bars = np.array([f[OHLCV].to_numpy()[t] for f in frames])
+        expected = full.update(np.array([0, 1]), *bars.T)[:, columns]
+        np.testing.assert_array_equal(subset.update(np.array([0, 1]), *bars.T), expected)
+
+
+def test_a_subset_keeps_only_the_steps_and_history_it_needs():
+    atr = OnlineFeatures(n_slots=1, features=("atr_14",))
+    assert [getattr(op, "name", None) or op.names for op in atr._plan] == ["tr", ["atr"]]
+    assert atr._hist.shape == (1, 1 + 2)  # close: this bar and the one before, plus the spare bar
+    with pytest.raises(ValueError, match="unknown features \\['atr'\\]"):
+        OnlineFeatures(n_slots=1, features=("atr",))
+
+
 def test_online_rejects_bad_slots():
     online = OnlineFeatures(n_slots=3)
     assert online.update(np.array([], dtype=np.int64), *[np.array([])] * 5).shape == (0, 49)

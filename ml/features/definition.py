@@ -55,6 +55,7 @@ formula, period or name means bumping FEATURE_VERSION, which changes FEATURE_SET
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -335,20 +336,23 @@ def feature_set_hash(names: tuple[str, ...] = FEATURE_NAMES, version: int = FEAT
 FEATURE_SET_HASH = feature_set_hash()
 
 
-class _DepthRecorder:
-    """A Ctx over one NaN row that notes how far back each series is read."""
+class _Recorder:
+    """A Ctx over one NaN row that notes which series a formula reads, and how far back."""
 
     def __init__(self) -> None:
+        self.reads: set[str] = set()
         self.depth: dict[str, int] = {}
-        self._cur: dict[str, np.ndarray] = {}
+        self._cur: dict[str, np.ndarray] = {name: np.full(1, np.nan) for name in INPUTS}
 
     def __getitem__(self, name: str) -> np.ndarray:
+        self.reads.add(name)
         return self._cur[name]
 
     def __setitem__(self, name: str, values: np.ndarray) -> None:
         self._cur[name] = values
 
     def _need(self, name: str, bars: int) -> None:
+        self.reads.add(name)
         self.depth[name] = max(self.depth.get(name, 1), bars)
 
     def lag(self, name: str, k: int) -> np.ndarray:
@@ -359,15 +363,55 @@ class _DepthRecorder:
         self._need(name, n)
         return np.full((n, 1), np.nan)
 
+    def trace(self, formula: Formula) -> tuple[np.ndarray, set[str], dict[str, int]]:
+        self.reads, self.depth = set(), {}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = formula(self)
+        return value, self.reads, self.depth
 
-def history_depths() -> dict[str, int]:
-    """Bars of history (current bar included) that each series read through lag/win must keep."""
-    rec = _DepthRecorder()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for name in INPUTS:
-            rec[name] = np.full(1, np.nan)
-        for step in STEPS:
-            rec[step.name] = np.full(1, np.nan) if isinstance(step, Ema) else step.fn(rec)
-        for _, fn in FEATURES:
-            fn(rec)
-    return {name: depth for name, depth in rec.depth.items() if depth > 1}
+
+Trace = tuple[set[str], dict[str, int]]
+
+
+@functools.cache
+def _traces() -> tuple[dict[str, Trace], dict[str, Trace]]:
+    """For every step, and for every feature (some share a step's name): the series its formula reads, and
+    the depth of each lag or window."""
+    rec, steps, features = _Recorder(), {}, {}
+    for step in STEPS:
+        if isinstance(step, Ema):
+            rec[step.name] = np.full(1, np.nan)
+            steps[step.name] = ({step.source}, {})
+        else:
+            rec[step.name], *steps[step.name] = rec.trace(step.fn)
+    for name, fn in FEATURES:
+        _, *features[name] = rec.trace(fn)
+    return steps, features
+
+
+def required_steps(features: tuple[str, ...] = FEATURE_NAMES) -> tuple[Point | Ema, ...]:
+    """The steps that `features` read, directly or through other steps, in STEPS order."""
+    unknown = sorted(set(features) - set(FEATURE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown features {unknown}; the features are {list(FEATURE_NAMES)}")
+    steps, traces = _traces()
+    needed: set[str] = set()
+    todo = [name for feature in features for name in traces[feature][0]]
+    while todo:
+        name = todo.pop()
+        if name not in needed and name in steps:
+            needed.add(name)
+            todo.extend(steps[name][0])
+    return tuple(step for step in STEPS if step.name in needed)
+
+
+def history_depths(features: tuple[str, ...] = FEATURE_NAMES) -> dict[str, int]:
+    """Bars of history (current bar included) that each series read through lag/win must keep, to evaluate
+    `features` and the steps they need."""
+    steps, traces = _traces()
+    depth: dict[str, int] = {}
+    reads = [steps[step.name] for step in required_steps(features)] + [traces[name] for name in features]
+    for _, depths in reads:
+        for series, bars in depths.items():
+            depth[series] = max(depth.get(series, 1), bars)
+    return {name: bars for name, bars in depth.items() if bars > 1}

@@ -8,11 +8,11 @@ from ml.features.definition import (
     FEATURE_NAMES,
     FEATURES,
     INPUTS,
-    STEPS,
     WARMUP_BARS,
     Ema,
     Point,
     history_depths,
+    required_steps,
 )
 
 
@@ -72,10 +72,10 @@ class _EmaGroup:
         self.state[:, slots] = np.nan
 
 
-def _plan(n_slots: int) -> list[Point | _EmaGroup]:
+def _plan(n_slots: int, steps: tuple[Point | Ema, ...]) -> list[Point | _EmaGroup]:
     plan: list[Point | _EmaGroup] = []
     pending: list[Ema] = []
-    for step in STEPS:
+    for step in steps:
         if isinstance(step, Ema):
             pending.append(step)
             continue
@@ -98,19 +98,27 @@ class OnlineFeatures:
     overwriting what slid in from the next segment. Slots may start at different times; a slot's
     rows are NaN until it has seen WARMUP_BARS bars. Cost is a fixed ~100 numpy calls per update
     plus work proportional to the number of slots updated, so update all due slots in one call.
+
+    `features` picks some of the features, in that order: only the steps and history they need are kept
+    and computed (the ATR alone is about a tenth of the cost), and each value is the full evaluator's, bit
+    for bit, because the formulas and the order of their operations are the same.
     """
 
-    def __init__(self, n_slots: int) -> None:
-        depths = history_depths()
+    def __init__(self, n_slots: int, features: tuple[str, ...] = FEATURE_NAMES) -> None:
+        self.features = tuple(features)
+        steps = required_steps(self.features)
+        depths = history_depths(self.features)
         ends = np.cumsum([depths[name] for name in sorted(depths)])
         self.n_slots = n_slots
         self._ends = {name: int(end) for name, end in zip(sorted(depths), ends, strict=True)}
-        self._height = int(ends[-1])
+        self._height = int(ends[-1]) if len(ends) else 0
         # Stored slot-major, so gathering and scattering a slot moves one contiguous row, and turned
         # time-major per update for the formulas. The spare first bar makes the shift free: the
         # gathered block read from its second bar on is the history moved back by one.
         self._hist = np.full((n_slots, self._height + 1), np.nan)
-        self._plan = _plan(n_slots)
+        self._plan = _plan(n_slots, steps)
+        formulas = dict(FEATURES)
+        self._formulas = [formulas[name] for name in self.features]
         self._bars = np.zeros(n_slots, dtype=np.int64)
 
     @property
@@ -138,25 +146,25 @@ class OnlineFeatures:
         close: np.ndarray,
         volume: np.ndarray,
     ) -> np.ndarray:
-        """Advance each listed slot by one bar; returns their feature rows, shape (len(slots), 49).
+        """Advance each listed slot by one bar; returns their feature rows, shape (len(slots), len(features)).
 
         Row i belongs to slots[i]; the bar arrays are aligned with `slots` likewise.
         """
         slots = self._check_slots(slots)
         if len(slots) == 0:
-            return np.empty((0, len(FEATURE_NAMES)))
+            return np.empty((0, len(self.features)))
         hist = np.ascontiguousarray(self._hist.take(slots, axis=0).T)[1:]
         ctx = _SlotCtx(hist, self._ends)
         for name, values in zip(INPUTS, (open, high, low, close, volume), strict=True):
             ctx[name] = np.asarray(values, dtype=np.float64)
-        rows = np.empty((len(FEATURE_NAMES), len(slots)))  # feature-major: each formula fills a row
+        rows = np.empty((len(self.features), len(slots)))  # feature-major: each formula fills a row
         with np.errstate(divide="ignore", invalid="ignore"):
             for op in self._plan:
                 if isinstance(op, _EmaGroup):
                     op.step(ctx, slots)
                 else:
                     ctx[op.name] = op.fn(ctx)
-            for j, (_, fn) in enumerate(FEATURES):
+            for j, fn in enumerate(self._formulas):
                 rows[j] = fn(ctx)
         self._hist[slots, : self._height] = hist.T
         self._bars[slots] += 1
@@ -164,7 +172,7 @@ class OnlineFeatures:
         return np.ascontiguousarray(rows.T)
 
     def update_one(self, slot: int, o: float, h: float, l: float, c: float, v: float) -> np.ndarray:  # noqa: E741
-        """One slot, one bar: the feature row, shape (49,)."""
+        """One slot, one bar: the feature row, shape (len(features),)."""
         one = np.array
         return self.update(one([slot]), one([o]), one([h]), one([l]), one([c]), one([v]))[0]
 
