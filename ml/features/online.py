@@ -100,8 +100,9 @@ class OnlineFeatures:
     plus work proportional to the number of slots updated, so update all due slots in one call.
 
     `features` picks some of the features, in that order: only the steps and history they need are kept
-    and computed (the ATR alone: 53 µs per update of 100 slots against 476 µs for all 49), and each value is the full evaluator's, bit
-    for bit, because the formulas and the order of their operations are the same.
+    and computed (the ATR alone: 53 µs per update of 100 slots, against 476 µs for all 49), and each value
+    is the full evaluator's, bit for bit, because the formulas and the order of their operations are the
+    same.
     """
 
     def __init__(self, n_slots: int, features: tuple[str, ...] = FEATURE_NAMES) -> None:
