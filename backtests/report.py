@@ -73,16 +73,26 @@ def trade_stats(positions: pd.DataFrame) -> dict:
 
 def fill_stats(fills: pd.DataFrame, initial: float) -> dict:
     if fills.empty:
-        return {"fills": 0, "fees": 0.0, "turnover_usd": 0.0, "turnover": 0.0, "liquidations": 0}
+        return {"fills": 0, "fees": 0.0, "turnover_usd": 0.0, "turnover": 0.0}
     notional = fills["filled_qty"].astype(float) * fills["avg_px"].astype(float)
-    liquidations = fills["tags"].astype(str).str.contains(LIQUIDATION_TAG).sum()
     return {
         "fills": len(fills),
         "fees": float(_money(fills["commissions"]).sum()),
         "turnover_usd": float(notional.sum()),
         "turnover": float(notional.sum() / initial),
-        "liquidations": int(liquidations),
     }
+
+
+def liquidation_count(fills: pd.DataFrame, exits: pd.DataFrame) -> int:
+    """Orders of the liquidation guard that filled, plus the Exit Brain's stops that a gap filled at or beyond
+    the liquidation price, which it reports as liquidations."""
+    guards = (
+        set(fills.index[fills["tags"].astype(str).str.contains(LIQUIDATION_TAG)]) if len(fills) else set()
+    )
+    if exits.empty:
+        return len(guards)
+    gapped = exits[(exits["reason"] == "liquidation") & ~exits["order_id"].isin(guards)]
+    return len(guards) + gapped["order_id"].nunique()
 
 
 def fingerprint(fills: pd.DataFrame) -> str:
@@ -291,6 +301,7 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         **equity_stats(equity, initial, run.start, run.end),
         **trade_stats(positions),
         **fill_stats(fills, initial),
+        "liquidations": liquidation_count(fills, exits),
         "funding": float(funding["amount"].sum()) if len(funding) else 0.0,
         "funding_payments": len(funding),
         "margin_rejections": sum(getattr(s, "margin_rejections", 0) for s in run.strategies),

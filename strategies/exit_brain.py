@@ -160,7 +160,12 @@ class ExitBrain:
             return
         if tag == "TP1":
             managed.tp1_done = True
-        self._publish_exit(event, managed, REASON_BY_TAG[tag])
+        reason = REASON_BY_TAG[tag]
+        if tag in STOP_TAGS and _at_or_beyond(managed, event.last_px.as_double(), managed.guard):
+            # A stop rests in front of the liquidation price, so only a bar that gapped past both fills it
+            # there: on the exchange the mark price crossed the liquidation price first.
+            reason = "liquidation"
+        self._publish_exit(event, managed, reason)
 
     def on_order_accepted(self, order: Order | None) -> None:
         """The venue holds the new stop: the ones it replaces can go."""
@@ -286,7 +291,7 @@ class ExitBrain:
         return stop, "SL"
 
     def _place_stop(self, iid: InstrumentId, managed: Managed, price: float, tag: str) -> None:
-        if managed.guard > 0 and managed.sign * (price - managed.guard) <= 0:
+        if _at_or_beyond(managed, price, managed.guard):
             # At or beyond the liquidation price the exchange liquidates first, so this stop could never fill;
             # and Nautilus matches the stops one tick crosses farthest first, so it would fill before the guard
             # at a worse price. The guard protects the position until the stop moves inside.
@@ -376,6 +381,11 @@ class ExitBrain:
             order_id=str(event.client_order_id),
         )
         self.strategy.publish_data(EXIT_EVENT_TYPE, exit_event)
+
+
+def _at_or_beyond(managed: Managed, price: float, liquidation: float) -> bool:
+    """`price` is at or past the liquidation price, seen from the position's side; never without one (0.0)."""
+    return liquidation > 0 and managed.sign * (price - liquidation) <= 0
 
 
 def _closing_side(side: PositionSide) -> OrderSide:

@@ -35,9 +35,14 @@ def run_exits(
     name="run",
     risk_profile=None,
     actors=(),
+    gaps=(),
     **extra,
 ):
-    catalog = build_catalog(tmp_path / name, {"PATHUSDT": candles(closes, spread=0.0)}).path
+    """`gaps`: bars that open at their own close, so the move from the previous close is a gap."""
+    frame = candles(closes, spread=0.0)
+    for bar in gaps:
+        frame.loc[bar, ["open", "high", "low"]] = frame.loc[bar, "close"]
+    catalog = build_catalog(tmp_path / name, {"PATHUSDT": frame}).path
     cfg = parse_backtest_config(
         {
             "catalog": str(catalog),
@@ -152,6 +157,24 @@ def test_a_bar_that_sweeps_through_the_stop_and_the_liquidation_price_fills_the_
     expect(row, "sl", 98.5, QTY, TAKER)
     assert stats["liquidations"] == 0
     assert not [o for o in result.engine.cache.orders() if "LIQUIDATION" in o.tags]
+
+
+def test_a_bar_that_gaps_past_the_stop_and_the_liquidation_price_is_reported_as_a_liquidation(tmp_path):
+    # 5x: liquidation at 80.5, stop at 98.5. The bar after the entry opens at 79, past both: the stop fills at
+    # the open, as the liquidation stop would have, but on the exchange the mark price crossed the liquidation
+    # price first, so the exit is a liquidation, and the report counts it.
+    _, stats, exits = run_exits(tmp_path, path(79.0), "default", leverage=5.0, gaps=(6,))
+    (row,) = exits.to_dict("records")
+    expect(row, "liquidation", 79.0, QTY, TAKER)
+    assert stats["liquidations"] == 1
+    assert stats["exits_by_reason"]["liquidation"]["count"] == 1
+
+
+def test_a_gap_that_stays_in_front_of_the_liquidation_price_is_a_stop_loss(tmp_path):
+    _, stats, exits = run_exits(tmp_path, path(90.0), "default", leverage=5.0, gaps=(6,))
+    (row,) = exits.to_dict("records")
+    expect(row, "sl", 90.0, QTY, TAKER)
+    assert stats["liquidations"] == 0
 
 
 def test_a_stop_beyond_the_liquidation_price_is_not_sent_and_the_liquidation_comes_first(tmp_path):
