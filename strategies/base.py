@@ -50,7 +50,7 @@ from nautilus_trader.trading.strategy import Strategy
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import OperatorCommand
-from strategies.exit_brain import STOP_TAGS, ExitBrain
+from strategies.exit_brain import ExitBrain, is_stop
 from strategies.exit_profile import exit_profile_from
 from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
 from strategies.risk_control import RiskControl
@@ -308,9 +308,8 @@ class QTStrategy(Strategy):
         order = self.cache.order(event.client_order_id)
         self.exit_brain.on_order_accepted(order)
         guard = self._liquidation_orders.get(event.instrument_id)
-        is_stop = order is not None and any(tag in STOP_TAGS for tag in order.tags or ())
         if (
-            is_stop
+            is_stop(order)
             and guard is not None
             and self.exit_brain.stop_comes_first(event.instrument_id, guard.trigger_price.as_double())
         ):

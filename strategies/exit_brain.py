@@ -392,6 +392,11 @@ def _closing_side(side: PositionSide) -> OrderSide:
     return OrderSide.SELL if side == PositionSide.LONG else OrderSide.BUY
 
 
+def is_stop(order: Order | None) -> bool:
+    """The order is one of the Exit Brain's stops (SL, break-even, trailing or the buffer's)."""
+    return _role(order) in STOP_TAGS
+
+
 def _role(order: Order | None) -> str | None:
     if order is None or not order.tags:
         return None
