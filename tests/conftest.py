@@ -1,5 +1,7 @@
 """Shared fixtures: small catalogs built from frames the tests construct, and the path to real data."""
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,18 @@ def real_data_or_skip() -> Path:
     if not (REAL_DATA / "binance" / "futures").is_dir():
         pytest.skip(f"real Binance data not found at {REAL_DATA} (only present on the team's machines)")
     return REAL_DATA
+
+
+def service_or_skip(binary: str, package: str) -> str:
+    """The path of a real service's binary. Skipped where it is missing, except under CI=true, where
+    `.ci/run` installs it: there a missing service is a failure, so a test that needs it never silently skips."""
+    path = shutil.which(binary)
+    if path is None:
+        reason = f"{binary} is not installed (Debian package {package}: apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; .ci/run installs it, so under CI=true its absence fails the test")
+        pytest.skip(reason)
+    return path
 
 
 def candles(closes, start="2025-01-01", spread=0.001, volume=100.0) -> pd.DataFrame:

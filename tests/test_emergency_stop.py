@@ -7,7 +7,6 @@ records on every bar what a strategy sees of the stop (`emergency_state(cache)`)
 """
 
 import functools
-import shutil
 import socket
 import subprocess
 import time
@@ -30,7 +29,7 @@ from backtests.runner import run_backtest
 from quantum_trader.config import ConfigError
 from quantum_trader.events import HealthEvent, OperatorCommand, RiskEvent
 from strategies.base import QTStrategy, QTStrategyConfig
-from tests.conftest import build_catalog, candles
+from tests.conftest import build_catalog, candles, service_or_skip
 
 T0 = pd.Timestamp("2025-01-01", tz="UTC")
 BARS_PER_DAY = 288
@@ -385,8 +384,7 @@ def test_the_configured_actions_are_published_in_their_order(tmp_path):
 # ---- persistence across a restart ----------------------------------------------------------------------
 @pytest.fixture
 def redis_port(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: the restart test needs a real Redis")
+    service_or_skip("redis-server", package="redis-server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
