@@ -74,6 +74,14 @@ def test_slippage_moves_market_fills_against_the_taker(ramp_catalog, tmp_path):
     assert fills["avg_px"].iloc[0] == pytest.approx(102.0 * 1.001, abs=1e-4)
 
 
+def test_slippage_never_rounds_in_the_takers_favour_on_a_coarse_tick(tmp_path):
+    # At 0.15 with a 0.0001 tick, one tick is 6.7 bps: 2 bps of slippage rounded to the nearest tick would vanish.
+    catalog = build_catalog(tmp_path / "coarse", {"WLFIUSDT": candles(np.full(40, 0.15), spread=0.0)}).path
+    cfg = config(catalog, strategy_config={"enter_on_bar": 3, "exit_on_bar": 10}, slippage_bps=2)
+    _, _, fills = run(cfg, tmp_path)
+    assert list(zip(fills["side"], fills["avg_px"], strict=True)) == [("BUY", 0.1501), ("SELL", 0.1499)]
+
+
 def test_taker_fees_are_charged_on_every_fill(ramp_catalog, tmp_path):
     cfg = config(ramp_catalog, strategy_config={"enter_on_bar": 3, "exit_on_bar": 10, "notional_usd": 1030})
     _, stats, fills = run(cfg, tmp_path)
@@ -100,6 +108,52 @@ def test_funding_is_paid_by_longs_and_received_by_shorts_every_8_hours(tmp_path,
     assert stats["funding"] == pytest.approx(sign * len(due))
     final_balance = pd.read_csv(tmp_path / "run" / "equity.csv")["balance"].iloc[-1]
     assert final_balance == pytest.approx(10_000 - stats["fees"] + stats["funding"], abs=1e-6)
+
+
+FUNDING_AT_8 = pd.DataFrame({"date": [pd.Timestamp("2025-01-01 08:00", tz="UTC")], "rate": [0.001]})
+BAR_CLOSING_AT_8 = 96  # the 96th 5-minute bar of the day closes at 08:00
+
+
+def two_ramps(tmp_path):
+    """Two symbols whose closes rise by 1 and by 2 a bar, with one funding time, 08:00, for both."""
+    frames = {"AAAUSDT": candles(100.0 + np.arange(120.0)), "BBBUSDT": candles(200.0 + 2 * np.arange(120.0))}
+    return build_catalog(tmp_path / "ramps", frames, dict.fromkeys(frames, FUNDING_AT_8)).path
+
+
+def test_funding_is_charged_on_the_position_held_at_the_funding_time_at_its_close(tmp_path):
+    # Both symbols are long when 08:00 strikes; the strategy sells them on seeing the 08:00 bar, which fills
+    # after the funding time. Each pays on its long, at its own 08:00 close (195 and 390).
+    cfg = config(
+        two_ramps(tmp_path),
+        strategy_config={"enter_on_bar": 3, "exit_on_bar": BAR_CLOSING_AT_8, "notional_usd": 1020},
+    )
+    result, _, fills = run(cfg, tmp_path)
+    assert len(fills) == 4
+    paid = {p.instrument_id: (p.quantity, p.price, p.amount) for p in result.funding.payments}
+    assert paid == {
+        "AAAUSDT-PERP.BINANCE": (10.0, 195.0, pytest.approx(-10 * 195.0 * 0.001)),
+        "BBBUSDT-PERP.BINANCE": (5.0, 390.0, pytest.approx(-5 * 390.0 * 0.001)),
+    }
+    assert all(p.ts == FUNDING_AT_8["date"].iloc[0].value for p in result.funding.payments)
+
+
+def test_a_position_opened_on_the_funding_bar_pays_no_funding(tmp_path):
+    cfg = config(
+        two_ramps(tmp_path), strategy_config={"enter_on_bar": BAR_CLOSING_AT_8, "notional_usd": 1000}
+    )
+    result, _, fills = run(cfg, tmp_path)
+    assert len(fills) == 2  # both opened at the 08:00 close, after the funding time
+    assert result.funding.payments == []
+
+
+def test_a_symbol_without_a_bar_at_the_funding_time_pays_on_what_it_held_then(tmp_path):
+    ramp = candles(100.0 + np.arange(120.0))
+    gapped = ramp.drop(index=[BAR_CLOSING_AT_8 - 1, BAR_CLOSING_AT_8])  # no bars closing at 08:00 and 08:05
+    catalog = build_catalog(tmp_path / "gap", {"GAPUSDT": gapped}, {"GAPUSDT": FUNDING_AT_8}).path
+    cfg = config(catalog, strategy_config={"enter_on_bar": 3, "notional_usd": 1020})
+    result, _, _ = run(cfg, tmp_path)
+    ((payment),) = result.funding.payments
+    assert (payment.quantity, payment.price) == (10.0, 194.0)  # the last close before 08:00 (07:55's bar)
 
 
 def test_funding_can_be_switched_off(tmp_path):
