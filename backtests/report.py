@@ -297,6 +297,7 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         "name": cfg.name,
         "period": {"start": str(run.start), "end": str(run.end)},
         "symbols": [str(i.id) for i in run.universe.instruments],
+        "universe_ranking": run.universe.ranking_note,
         "bars": run.bars,
         **equity_stats(equity, initial, run.start, run.end),
         **trade_stats(positions),

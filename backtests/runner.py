@@ -112,33 +112,52 @@ def _candidates(u, available: dict) -> list[str]:
 
 
 def _rank_by_quote_volume(store: CatalogStore, bar_types: list, cfg: BacktestConfig):
-    """Rank on the days BEFORE the period starts, so the universe is not chosen with hindsight.
+    """Rank on the `ranking_days` BEFORE the period starts, so the universe is not chosen with hindsight.
 
-    Symbols with no bars inside the period (listed later, or delisted) are not candidates.
+    A symbol with no bars in that window (listed at or after the start) has a quote volume of zero there: it
+    ranks after every symbol with history, and `min_quote_volume_24h` > 0 leaves it out. A ranked selection
+    (`top_volume`, `megacap`) with no symbol that has bars before the start cannot be ranked without
+    hindsight and is refused. Symbols with no bars inside the period (listed later, or delisted) are not
+    candidates.
     """
     u = cfg.universe
     start = utc(cfg.period.start) if cfg.period.start else None
     end = utc(cfg.period.end) if cfg.period.end else None
-    scores, in_period = {}, False
+    scores = {}
     for bt in bar_types:
         df = store.read_bars_frame(bt)
         if not _trades_during(df["date"], start, end):
             continue
-        window = df[df["date"] < start] if start is not None else df.iloc[0:0]
-        window = window[window["date"] >= window["date"].max() - pd.Timedelta(days=u.ranking_days)]
-        if window.empty:
-            in_period = True
-            window = df[df["date"] < df["date"].min() + pd.Timedelta(days=u.ranking_days)]
-        scores[bt] = (window["close"] * window["volume"]).sum() / u.ranking_days
+        scores[bt] = _daily_quote_volume_before(df, start, u.ranking_days)
+    if not scores:
+        raise ConfigError("universe: no symbol of the selection has bars inside the period")
+    ranked_selection = u.select not in ("all", "symbols")
+    if ranked_selection and not any(scores.values()):
+        raise ConfigError(
+            f"universe.select: {u.select} ranks by quote volume over the {u.ranking_days} days before "
+            f"period.start, but no symbol has bars before {start or 'the start of the data'}; set period.start "
+            "at least universe.ranking_days after the data begins, or use select: all or symbols"
+        )
     kept = [bt for bt in bar_types if bt in scores and scores[bt] >= u.min_quote_volume_24h]
     if not kept:
-        raise ConfigError("universe: no symbol of the selection has bars inside the period")
-    if u.select not in ("all", "symbols"):
+        raise ConfigError(
+            f"universe.min_quote_volume_24h: no symbol traded {u.min_quote_volume_24h} a day before period.start"
+        )
+    if ranked_selection:
         kept.sort(key=lambda bt: (-scores[bt], str(bt)))
-    note = (
-        "ranked on the first days of the data (no data before start)" if in_period else "ranked before start"
-    )
+    unranked = sorted(symbol_of(bt.instrument_id) for bt in kept if scores[bt] == 0)
+    note = f"ranked on the {u.ranking_days} days before start"
+    if unranked:
+        note += f"; no bars before start, so zero volume: {', '.join(unranked)}"
     return kept, note
+
+
+def _daily_quote_volume_before(df: pd.DataFrame, start, days: int) -> float:
+    """Mean daily quote volume over the `days` before `start` (bars closing before it); 0 without such bars."""
+    if start is None:
+        return 0.0
+    window = df[(df["date"] < start) & (df["date"] >= start - pd.Timedelta(days=days))]
+    return float((window["close"] * window["volume"]).sum() / days)
 
 
 def _trades_during(dates: pd.Series, start, end) -> bool:
