@@ -109,11 +109,20 @@ class Ensemble:
     def combine(self, forecasts: np.ndarray) -> Votes:
         votes = np.clip((forecasts - self.centres) / self.scales, -VOTE_CLIP, VOTE_CLIP)
         prob = ndtr(votes)
-        prob_up = prob @ self.weights
+        prob_up = _weighted_sum(prob, self.weights)
         confidence = np.abs(2.0 * prob_up - 1.0)
         direction = np.where(prob_up > 0.5, LONG, np.where(prob_up < 0.5, SHORT, FLAT)).astype(np.int8)
         direction[confidence < self.flat_below] = FLAT
-        return Votes(forecasts, votes, prob_up, forecasts @ self.weights, confidence, direction)
+        return Votes(forecasts, votes, prob_up, _weighted_sum(forecasts, self.weights), confidence, direction)
+
+
+def _weighted_sum(columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each row's weighted sum, added column by column in member order. Not `@`: a BLAS product chooses its
+    summation order by the batch's size and the CPU, and a row must come out the same in any batch."""
+    total = columns[:, 0] * weights[0]
+    for j in range(1, len(weights)):
+        total = total + columns[:, j] * weights[j]
+    return total
 
 
 def load_ensemble(

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ml.dataset import SymbolBars, full_windows
 from ml.ensemble import DIRECTION_NAMES, FLAT, LONG, SHORT, Ensemble
-from ml.features import FEATURE_SET_HASH, compute_features
+from ml.features import FEATURE_SET_HASH, N_FEATURES, compute_features
 from quantum_trader.events import MODEL_KINDS, Signal
 
 SIGNAL_DATA_DIR = "custom_signal"  # where Nautilus' catalog keeps Signal data, one folder per instrument
@@ -90,30 +90,74 @@ def _file_time(iso: str) -> str:
 
 
 def _symbol_votes(ensemble, bars, instrument_ids, delay_ns, end_ns, progress):
-    """Per symbol: (instrument id, close times of the scored bars, their votes)."""
+    """Per symbol: (instrument id, close times of the scored bars, their votes).
+
+    Each model sees the batches the EnsembleStrategy would give it wherever its forecast could depend on
+    them (`ForecastModel.batch_invariant`): one call per bar close with the windows of every symbol scored
+    then, in universe order. Batch-invariant models (trees) score each symbol's rows in big chunks.
+    """
     lookback = ensemble.lookback
-    symbols = tqdm(
-        zip(bars, instrument_ids, strict=True),
+    # every symbol's feature rows in one array (a view per symbol), so a bar close's windows are one gather
+    starts = np.cumsum([0] + [len(sb.frame) for sb in bars])
+    everything = np.empty((starts[-1], N_FEATURES), dtype=np.float32)
+    scored = []
+    for sb, a, b in tqdm(
+        zip(bars, starts[:-1], starts[1:], strict=True),
         total=len(bars),
-        desc="signals",
+        desc="features",
         unit="symbol",
         disable=not progress,
-    )
-    for sb, iid in symbols:
-        features = compute_features(sb.frame).to_numpy(dtype=np.float32)
-        rows = np.flatnonzero(full_windows(features, lookback))
-        if end_ns is not None:
-            rows = rows[sb.close_time[rows] + delay_ns <= end_ns]
-        if len(rows) == 0:
-            continue
-        forecasts = np.concatenate(
-            [
-                _forecasts(ensemble, features[chunk[:, None] + np.arange(1 - lookback, 1)])
-                for chunk in np.array_split(rows, max(1, len(rows) // PREDICT_CHUNK + 1))
-                if len(chunk)
-            ]
+    ):
+        everything[a:b] = compute_features(sb.frame).to_numpy(dtype=np.float32)
+        scored.append((everything[a:b], _scored_rows(everything[a:b], sb, lookback, delay_ns, end_ns)))
+    forecasts = [np.empty((len(rows), len(ensemble.members))) for _, rows in scored]
+    for j, member in enumerate(ensemble.members):
+        if member.model.batch_invariant:
+            per_symbol = _predict_per_symbol(member.model, scored, lookback)
+        else:
+            per_symbol = _predict_per_bar_close(member.model, scored, bars, everything, starts, progress)
+        for symbol, values in enumerate(per_symbol):
+            forecasts[symbol][:, j] = values
+    for (_, rows), sb, iid, f in zip(scored, bars, instrument_ids, forecasts, strict=True):
+        if len(rows):
+            yield iid, sb.close_time[rows], ensemble.combine(f)
+
+
+def _scored_rows(features: np.ndarray, sb: SymbolBars, lookback: int, delay_ns: int, end_ns: int | None):
+    """The rows the strategy would score: a full window, decided by `end_ns`."""
+    rows = np.flatnonzero(full_windows(features, lookback))
+    if end_ns is not None:
+        rows = rows[sb.close_time[rows] + delay_ns <= end_ns]
+    return rows
+
+
+def _windows(features: np.ndarray, rows: np.ndarray, lookback: int) -> np.ndarray:
+    return features[rows[:, None] + np.arange(1 - lookback, 1)]
+
+
+def _predict_per_symbol(model, scored, lookback):
+    for features, rows in scored:
+        chunks = np.array_split(rows, max(1, len(rows) // PREDICT_CHUNK + 1))
+        yield np.concatenate(
+            [model.predict(_windows(features, c, lookback)) for c in chunks if len(c)] or [np.empty(0)]
         )
-        yield iid, sb.close_time[rows], ensemble.combine(forecasts)
+
+
+def _predict_per_bar_close(model, scored, bars, everything, starts, progress):
+    """One call per bar close with the windows of every symbol scored then, in universe order, as the
+    strategy batches them. `everything` holds all symbols' rows, symbol s from `starts[s]`."""
+    symbol = np.concatenate([np.full(len(rows), s, dtype=np.int64) for s, (_, rows) in enumerate(scored)])
+    rows = np.concatenate([rows for _, rows in scored]).astype(np.int64)
+    close = np.concatenate([sb.close_time[r] for sb, (_, r) in zip(bars, scored, strict=True)])
+    order = np.lexsort((symbol, close))  # by bar close, then universe order
+    flat = starts[symbol[order]] + rows[order]
+    groups = np.split(np.arange(len(order)), np.flatnonzero(np.diff(close[order])) + 1) if len(order) else []
+    lookback = model.lookback
+    forecasts = np.empty(len(order))
+    for group in tqdm(groups, desc=f"{model.kind}, per bar close", unit="bar", disable=not progress):
+        forecasts[order[group]] = model.predict(_windows(everything, flat[group], lookback))
+    bounds = np.cumsum([0] + [len(r) for _, r in scored])
+    return [forecasts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _signal_columns(ensemble: Ensemble, iid: InstrumentId, ts: np.ndarray, votes, delay_ns: int) -> pa.Table:
@@ -144,10 +188,6 @@ def _signal_columns(ensemble: Ensemble, iid: InstrumentId, ts: np.ndarray, votes
         "ts_init": pa.array(ts.astype(np.int64) + delay_ns, pa.int64()),
     }
     return pa.table(columns)
-
-
-def _forecasts(ensemble: Ensemble, windows: np.ndarray) -> np.ndarray:
-    return np.column_stack([m.model.predict(windows) for m in ensemble.members])
 
 
 def _signals(ensemble: Ensemble, iid: InstrumentId, ts: np.ndarray, votes, delay_ns: int) -> list[Signal]:

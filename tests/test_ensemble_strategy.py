@@ -13,8 +13,10 @@ from backtests.report import fingerprint, write_report
 from backtests.runner import run_backtest
 from catalog.instruments import instrument_id
 from catalog.store import CatalogStore
-from ml.dataset import load_symbol_bars
-from ml.ensemble import EnsembleError, load_ensemble
+from ml.dataset import SymbolBars, full_windows, load_symbol_bars
+from ml.ensemble import Ensemble, EnsembleError, Member, load_ensemble
+from ml.features import compute_features
+from ml.models.base import ForecastModel
 from ml.research import batch_signals, read_signal_table, write_signals
 from ml.train import TrainConfig, train
 from quantum_trader.cli import main as cli_main
@@ -222,3 +224,47 @@ def test_no_loadable_model_refuses_to_start(trained, tmp_path):
     cfg["strategies"][0]["config"]["registry"] = str(tmp_path / "empty")
     with pytest.raises((EnsembleError, ConfigError), match="no model could be loaded"):
         run(cfg)
+
+
+class ShapeSensitiveModel(ForecastModel):
+    """Forecasts that move with the batch's size, as a float32 network's do where BLAS picks its kernel by the
+    matrix's shape (the 7th digit on an AVX-512/AMX Xeon)."""
+
+    kind = "nhits"
+    lookback = 4
+
+    def __init__(self):
+        self.batch_sizes: list[int] = []
+
+    def predict(self, windows):
+        self.batch_sizes.append(len(windows))
+        return windows[:, -1, 0].astype(np.float64) * (1.0 + 1e-7 * len(windows))
+
+    fit = save = load = None
+
+
+def test_a_batch_sensitive_model_gets_the_strategys_batches_in_the_research_path():
+    # Three symbols, the third listed 100 bars later: the strategy scores every ready symbol of a bar close in
+    # one call, in universe order; the research path must hand the model exactly those batches.
+    frames = [candles(random_walk(800, seed=i)) for i in range(2)] + [
+        candles(random_walk(700, seed=2), start="2025-01-01 08:20")
+    ]
+    bars = [
+        SymbolBars(s, f, (f["date"] + pd.Timedelta("5min")).to_numpy("datetime64[ns]").astype(np.int64))
+        for s, f in zip(SYMBOLS, frames, strict=True)
+    ]
+    model = ShapeSensitiveModel()
+    ensemble = Ensemble([Member("nhits", "nhits-test", model, 1.0, pred_std=0.01)])
+    ids = [instrument_id(s) for s in SYMBOLS]
+    signals = batch_signals(ensemble, bars, ids)
+
+    per_close: dict[int, list] = {}
+    for sb in bars:
+        features = compute_features(sb.frame).to_numpy(dtype=np.float32)
+        for row in np.flatnonzero(full_windows(features, model.lookback)):
+            per_close.setdefault(int(sb.close_time[row]), []).append(features[row - 3 : row + 1])
+    expected = [
+        (ts, float(p)) for ts in sorted(per_close) for p in ensemble.vote(np.stack(per_close[ts])).prob_up
+    ]
+    assert [(s.ts_event, s.prob_up) for s in signals] == expected
+    assert sorted(set(model.batch_sizes)) == [2, 3]  # before and after the third symbol's listing

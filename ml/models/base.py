@@ -43,6 +43,11 @@ class ModelLoadError(RuntimeError):
 class ForecastModel(ABC):
     kind: ClassVar[str]  # "xgboost" | "lightgbm" | "nhits" | "patchtst"
     lookback: int = 1  # rows of each window the model reads (newest last)
+    # Whether a window's forecast is the same whatever else is in its batch, on every CPU. A float32 matrix
+    # product is not: BLAS picks its kernel (and summation order) by the matrix's shape and the CPU, so a
+    # network's forecast for one window can move in the 7th digit with the batch around it. The research
+    # path (ml/research.py) gives such models exactly the batches the strategy gives them.
+    batch_invariant: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, train: WindowSet, val: WindowSet, progress: Progress = None) -> FitReport:

@@ -48,6 +48,7 @@ class TreeModel(ForecastModel):
     MODEL_FILE: ClassVar[str]
     DEFAULTS: ClassVar[dict[str, Any]]
     lookback = 1
+    batch_invariant = True  # each row walks the trees and sums its leaves alone, in tree order
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.DEFAULTS))
