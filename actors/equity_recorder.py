@@ -12,13 +12,15 @@ from nautilus_trader.model.identifiers import Venue
 
 
 def account_equity(portfolio, venue: Venue) -> float | None:
-    """Mark-to-market equity of the venue's account in USDT: balance + unrealised PnL; None without an account."""
+    """Mark-to-market equity of the venue's account in USDT, None without an account. A margin account's is its
+    balance + unrealised PnL; a cash account (spot) paid for its coins, so its equity is its USDT + the coins'
+    value (net exposure) at the last price."""
     account = portfolio.account(venue)
     if account is None:
         return None
     balance = account.balance_total(USDT)
-    unrealized = sum(m.as_double() for m in portfolio.unrealized_pnls(venue).values())
-    return (balance.as_double() if balance is not None else 0.0) + unrealized
+    marks = portfolio.unrealized_pnls(venue) if account.is_margin_account else portfolio.net_exposures(venue)
+    return (balance.as_double() if balance is not None else 0.0) + sum(m.as_double() for m in marks.values())
 
 
 class EquityRecorderConfig(ActorConfig, frozen=True):

@@ -119,6 +119,20 @@ class BacktestConfig(StrictModel):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "ERROR"
 
+    @model_validator(mode="after")
+    def _spot_is_cash(self):
+        if self.universe.market != "spot":
+            return self
+        levered = {s: x for s, x in self.venue.leverage.items() if x != 1}
+        if "default_leverage" in self.venue.model_fields_set and self.venue.default_leverage != 1:
+            levered["default_leverage"] = self.venue.default_leverage
+        if levered:
+            raise ValueError(
+                f"venue.leverage / venue.default_leverage: spot trades from a cash account without leverage "
+                f"(got {levered}); allowed: 1, or leave them out"
+            )
+        return self
+
     @field_validator("exit_profile")
     @classmethod
     def _exit_profile_loads(cls, name: str | None):

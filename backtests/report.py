@@ -306,6 +306,7 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         "funding": float(funding["amount"].sum()) if len(funding) else 0.0,
         "funding_payments": len(funding),
         "margin_rejections": sum(getattr(s, "margin_rejections", 0) for s in run.strategies),
+        "short_refusals": sum(getattr(s, "short_refusals", 0) for s in run.strategies),
         "order_rate_refusals": sum(getattr(s, "order_rate_refusals", 0) for s in run.strategies),
         **signal_stats(signals, run.strategies),
         "exits_by_reason": exit_table.to_dict(orient="index"),

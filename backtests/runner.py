@@ -182,6 +182,7 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
     buffer_trade_records(engine.portfolio.analyzer)
     memoize_position_snapshots()
     v = cfg.venue
+    spot = cfg.universe.market == "spot"
     leverages = {instrument_id(sym, cfg.universe.market): Decimal(str(x)) for sym, x in v.leverage.items()}
     funding = (
         _funding_module(store, universe, start, end)
@@ -192,10 +193,12 @@ def build_engine(cfg: BacktestConfig, store: CatalogStore, universe: Universe, s
     engine.add_venue(
         venue=VENUE,
         oms_type=OmsType.NETTING,
-        account_type=AccountType.MARGIN,
+        # Spot is Binance's cash account: no leverage, no shorts (the strategies refuse them), no liquidation;
+        # Nautilus checks a cash account's balance before every order.
+        account_type=AccountType.CASH if spot else AccountType.MARGIN,
         base_currency=None,
         starting_balances=[Money(v.starting_balance, USDT)],
-        default_leverage=Decimal(str(v.default_leverage)),
+        default_leverage=Decimal(1 if spot else str(v.default_leverage)),
         leverages=leverages,
         fee_model=MakerTakerFeeModel(),
         fill_model=fill_model,
@@ -246,7 +249,7 @@ def resolve_period(store: CatalogStore, cfg: BacktestConfig, universe: Universe)
 def add_components(engine: BacktestEngine, cfg: BacktestConfig, universe: Universe) -> list:
     injected = {
         "bar_types": tuple(str(bt) for bt in universe.bar_types),
-        "liquidation_guard": cfg.venue.liquidation,
+        "liquidation_guard": cfg.venue.liquidation and cfg.universe.market == "futures",
         "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
         "execution_delay_bars": 1 if cfg.venue.fill_timing == "next_bar_close" else 0,
     }

@@ -31,7 +31,7 @@ def run(catalog: Path, name: str) -> tuple[float, int, float]:
     cfg = parse_backtest_config(
         {
             "catalog": str(catalog),
-            "universe": {"select": "all", "market": "spot"},
+            "universe": {"select": "all", "market": "futures"},
             "venue": {"starting_balance": 100_000, "default_leverage": 1},
             "strategies": [{"path": path, "config": conf}],
             "report": {"tearsheet": False},

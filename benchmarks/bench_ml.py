@@ -43,7 +43,7 @@ def train_config(catalog: Path, registry: Path) -> TrainConfig:
     return TrainConfig.model_validate(
         {
             "catalog": str(catalog),
-            "universe": {"select": "all", "market": "spot"},
+            "universe": {"select": "all", "market": "futures"},
             "dataset": {"max_train_rows": 54_000, "max_eval_rows": 12_000},
             "registry": str(registry),
         }
@@ -172,7 +172,7 @@ def _config(name: str, catalog: Path, strategy: tuple[str, dict], extra: dict) -
     return {
         "name": name,
         "catalog": str(catalog),
-        "universe": {"select": "all", "market": "spot"},
+        "universe": {"select": "all", "market": "futures"},
         "venue": {"starting_balance": 100_000, "default_leverage": 1},
         "strategies": [{"path": path, "config": conf}],
         "report": {"tearsheet": False},

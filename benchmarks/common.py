@@ -23,12 +23,14 @@ def spot_files(limit: int | None = None) -> list[Path]:
 
 
 def write_research_set(dest: Path, symbols: int = 100, days: int = 90) -> int:
-    """The last `days` of each spot symbol, written in freqtrade layout; returns the row count."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """The last `days` of each spot symbol, written in freqtrade's futures layout so that they ingest as
+    USDT-M perpetuals: the data's MANIFEST offers them as proxies for the matching perpetuals, and spot itself
+    is a cash account that cannot short. Returns the row count."""
+    (dest / "futures").mkdir(parents=True, exist_ok=True)
     rows = 0
     for f in spot_files(symbols):
         df = pd.read_feather(f)
         df = df[df["date"] > df["date"].max() - pd.Timedelta(days=days)].reset_index(drop=True)
-        df.to_feather(dest / f.name)
+        df.to_feather(dest / "futures" / f.name.replace("_USDT-5m.feather", "_USDT_USDT-5m-futures.feather"))
         rows += len(df)
     return rows

@@ -84,6 +84,7 @@ class QTStrategy(Strategy):
         self.bar_types = [BarType.from_str(b) for b in config.bar_types]
         self._liquidation_orders: dict[InstrumentId, Order] = {}
         self.margin_rejections = 0
+        self.short_refusals = 0
         self.order_rate_refusals = 0
         self.order_budget = OrderRateBudget.nautilus_default()
         self._entry_orders: dict[InstrumentId, Order] = {}
@@ -160,8 +161,8 @@ class QTStrategy(Strategy):
     def leverage(self, instrument_id: InstrumentId) -> float:
         """The account's leverage for the instrument: its own setting, else the account default."""
         account = self.portfolio.account(instrument_id.venue)
-        if account is None:
-            return 1.0
+        if account is None or not account.is_margin_account:
+            return 1.0  # a cash account (spot) trades its own balance
         lev = account.leverage(instrument_id) or account.default_leverage
         return float(lev) if lev else 1.0
 
@@ -187,6 +188,8 @@ class QTStrategy(Strategy):
         pending = self._entry_orders.get(instrument_id)
         if pending is not None and not pending.is_closed:
             return False  # the last entry has not filled yet: a second one would double the position
+        if side == OrderSide.SELL and not self.can_short(instrument_id):
+            return False
         if self.exit_brain is not None and (atr is None or not atr > 0):
             self.log.error(f"Entry refused for {instrument_id}: the Exit Brain needs the ATR at entry")
             return False
@@ -219,6 +222,16 @@ class QTStrategy(Strategy):
             sign = 1.0 if side == OrderSide.BUY else -1.0
             self.risk.entry_sent(instrument_id, sign * qty.as_double() * price)
         return True
+
+    def can_short(self, instrument_id: InstrumentId) -> bool:
+        """A cash account (spot) holds no borrowed coins to sell: a short entry there is refused and counted."""
+        account = self.portfolio.account(instrument_id.venue)
+        if account is None or account.is_margin_account:
+            return True
+        self.short_refusals += 1
+        if self.short_refusals == 1:
+            self.log.warning(f"Short entries refused: {instrument_id.venue} is a cash account (spot)")
+        return False
 
     def margin_available(self, instrument_id: InstrumentId, notional: float) -> bool:
         """The initial margin of `notional` fits the free balance; a refusal is counted and logged."""

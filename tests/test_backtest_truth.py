@@ -9,6 +9,9 @@ import pytest
 from backtests.config import parse_backtest_config
 from backtests.report import write_report
 from backtests.runner import run_backtest
+from catalog.instruments import make_instrument
+from catalog.store import CatalogStore, bar_type_for
+from quantum_trader.config import ConfigError
 from tests.conftest import build_catalog, candles
 
 ENTER_ONCE = "tests.strategies_for_tests:EnterOnce"
@@ -283,3 +286,53 @@ def test_a_stop_the_bar_gaps_through_fills_at_the_open(tmp_path):
     _, _, fills = run(cfg.model_copy(update={"exit_profile": "default"}), tmp_path)
     stop = fills[fills["tags"].str.contains("SL")]
     assert stop["avg_px"].iloc[0] == pytest.approx(95.0 * (1 - 0.001), abs=1e-4)
+
+
+def spot_catalog(tmp_path, closes):
+    store = CatalogStore(tmp_path / "spot")
+    inst = make_instrument("SPOTUSDT", 4, 3, market="spot")
+    store.write_instrument(inst)
+    store.write_bars(inst, candles(closes, spread=0.0), bar_type_for(inst.id, "5m"))
+    return store.path
+
+
+def spot_config(catalog, **strategy):
+    cfg = config(catalog, strategy_config={"notional_usd": 1000, **strategy})
+    return cfg.model_copy(update={"universe": cfg.universe.model_copy(update={"market": "spot"})})
+
+
+def test_spot_is_a_cash_account_that_holds_through_a_crash_without_liquidation(tmp_path):
+    # 100 -> 40: a 5x margin long would be liquidated near 80.5; a spot holder just loses 60% of what it bought.
+    closes = np.concatenate([np.full(5, 100.0), np.linspace(100.0, 40.0, 60)])
+    result, stats, fills = run(spot_config(spot_catalog(tmp_path, closes), enter_on_bar=3), tmp_path)
+    account = result.engine.portfolio.account(result.universe.instruments[0].id.venue)
+    assert account.is_cash_account
+    assert list(fills["side"]) == ["BUY"] and stats["liquidations"] == 0
+    equity = pd.read_csv(tmp_path / "run" / "equity.csv")["equity"].iloc[-1]
+    assert equity == pytest.approx(10_000 - 10 * (100 - 40) - stats["fees"], abs=1e-6)
+
+
+def test_a_spot_position_sells_what_it_bought(tmp_path):
+    closes = 100.0 + np.arange(40.0)
+    _, stats, fills = run(
+        spot_config(spot_catalog(tmp_path, closes), enter_on_bar=3, exit_on_bar=10), tmp_path
+    )
+    assert list(zip(fills["side"], fills["filled_qty"], fills["avg_px"], strict=True)) == [
+        ("BUY", 9.804, 102.0),  # 1,000 USDT at 102, to the 0.001 lot
+        ("SELL", 9.804, 109.0),
+    ]
+    assert stats["trades"] == 1
+
+
+def test_spot_refuses_short_entries(tmp_path):
+    closes = np.full(40, 100.0)
+    result, stats, fills = run(spot_config(spot_catalog(tmp_path, closes), side="SELL"), tmp_path)
+    assert len(fills) == 0
+    assert stats["short_refusals"] == 1
+
+
+def test_spot_refuses_leverage_in_the_config(tmp_path):
+    cfg = config(tmp_path, default_leverage=3)
+    data = cfg.model_dump() | {"universe": {"select": "all", "market": "spot"}}
+    with pytest.raises(ConfigError, match="venue.leverage / venue.default_leverage: spot .* allowed: 1"):
+        parse_backtest_config(data)
