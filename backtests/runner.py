@@ -117,8 +117,8 @@ def _rank_by_quote_volume(store: CatalogStore, bar_types: list, cfg: BacktestCon
     A symbol with no bars in that window (listed at or after the start) has a quote volume of zero there: it
     ranks after every symbol with history, and `min_quote_volume_24h` > 0 leaves it out. A ranked selection
     (`top_volume`, `megacap`) with no symbol that has bars before the start cannot be ranked without
-    hindsight and is refused. Symbols with no bars inside the period (listed later, or delisted) are not
-    candidates.
+    hindsight, so when it would have to leave symbols out it is refused. Symbols with no bars inside the
+    period (listed later, or delisted) are not candidates.
     """
     u = cfg.universe
     start = utc(cfg.period.start) if cfg.period.start else None
@@ -132,7 +132,7 @@ def _rank_by_quote_volume(store: CatalogStore, bar_types: list, cfg: BacktestCon
     if not scores:
         raise ConfigError("universe: no symbol of the selection has bars inside the period")
     ranked_selection = u.select not in ("all", "symbols")
-    if ranked_selection and not any(scores.values()):
+    if ranked_selection and not any(scores.values()) and len(scores) > u.size:
         raise ConfigError(
             f"universe.select: {u.select} ranks by quote volume over the {u.ranking_days} days before "
             f"period.start, but no symbol has bars before {start or 'the start of the data'}; set period.start "

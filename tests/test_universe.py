@@ -58,9 +58,10 @@ def test_the_report_says_which_symbols_had_no_history(listed_late):
     )
 
 
-def test_ranking_is_refused_when_no_symbol_has_history_before_the_start(tmp_path):
+def test_ranking_that_would_leave_symbols_out_is_refused_when_no_symbol_has_history(tmp_path):
     frames = {s: candles(np.full(288, 100.0), start=START) for s in ("AAAUSDT", "BBBUSDT")}
     catalog = build_catalog(tmp_path / "young", frames).path
     with pytest.raises(ConfigError, match="universe.select: top_volume .* no symbol has bars before"):
-        chosen(catalog)
-    assert chosen(catalog, select="all") == ["AAAUSDT", "BBBUSDT"]  # nothing to rank: no hindsight needed
+        chosen(catalog, size=1)
+    assert chosen(catalog, size=2) == ["AAAUSDT", "BBBUSDT"]  # room for every symbol: nothing is ranked out
+    assert chosen(catalog, select="all") == ["AAAUSDT", "BBBUSDT"]
