@@ -26,6 +26,14 @@ class UniverseConfig(StrictModel):
     market: Literal["futures", "spot"] = "futures"
     interval: str = "5m"
 
+    @field_validator("interval")
+    @classmethod
+    def _catalog_interval(cls, v: str):
+        from catalog.store import interval_seconds
+
+        interval_seconds(v)
+        return v
+
     @model_validator(mode="after")
     def _symbols_given(self):
         if self.select == "symbols" and not self.symbols:

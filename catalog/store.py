@@ -10,6 +10,7 @@ already present, and a row that contradicts the catalog is refused rather than o
 """
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,6 +28,10 @@ from nautilus_trader.persistence.catalog import ParquetDataCatalog
 OHLCV = ["open", "high", "low", "close", "volume"]
 MANIFEST = "qt_manifest.json"
 _UNITS = {"m": ("MINUTE", 60), "h": ("HOUR", 3600), "d": ("DAY", 86400)}
+# Nautilus has a bar type only for minute steps that tile the hour and hour steps that tile the day: no 7m, no 5h.
+_TILES = {"m": 60, "h": 24}
+INTERVALS = tuple(f"{step}{unit}" for unit, n in _TILES.items() for step in range(1, n) if n % step == 0)
+_INTERVAL_RE = re.compile(r"([1-9][0-9]*)([mhd])")
 _FIXED_SCALE = 1e16  # Nautilus high-precision fixed point: raw int128 = value * 10**16
 FUNDING_INTERVAL_MIN = 480
 
@@ -36,11 +41,12 @@ class CatalogConflictError(ValueError):
 
 
 def interval_seconds(interval: str) -> int:
-    try:
-        step, unit = int(interval[:-1]), interval[-1]
-        return step * _UNITS[unit][1]
-    except (ValueError, KeyError):
-        raise ValueError(f"bad interval {interval!r}: expected e.g. 1m, 5m, 15m, 1h, 4h, 1d") from None
+    """The length of a bar in seconds; a ValueError listing the allowed intervals for one the catalog cannot hold."""
+    match = _INTERVAL_RE.fullmatch(interval)
+    if not match or (match[2] in _TILES and interval not in INTERVALS):
+        allowed = f"{', '.join(INTERVALS)} or whole days (1d, 2d, ...)"
+        raise ValueError(f"unsupported interval {interval!r}; allowed: {allowed}")
+    return int(match[1]) * _UNITS[match[2]][1]
 
 
 def bar_type_for(instrument_id: InstrumentId | str, interval: str, price_type: str = "LAST") -> BarType:

@@ -49,6 +49,15 @@ def test_a_strategy_path_without_a_class_is_explained():
     assert "module:Class" in error_of({"strategies": [{"path": "strategies.ema_cross"}]})
 
 
+def test_an_interval_the_catalog_cannot_hold_lists_the_allowed_ones():
+    msg = error_of({"strategies": STRATEGY, "universe": {"interval": "7m"}})
+    assert "universe.interval: Value error, unsupported interval '7m'" in msg
+    assert (
+        "allowed: 1m, 2m, 3m, 4m, 5m, 6m, 10m, 12m, 15m, 20m, 30m, 1h, 2h, 3h, 4h, 6h, 8h, 12h or whole days"
+        in msg
+    )
+
+
 def test_selecting_symbols_needs_a_symbol_list():
     assert "symbols" in error_of({"strategies": STRATEGY, "universe": {"select": "symbols"}})
 

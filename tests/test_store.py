@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from catalog.instruments import infer_precision, make_instrument
-from catalog.store import CatalogConflictError, CatalogStore, bar_type_for
+from catalog.store import INTERVALS, CatalogConflictError, CatalogStore, bar_type_for, interval_seconds
 from tests.conftest import candles, random_walk
 
 
@@ -17,6 +17,23 @@ def store(tmp_path):
 @pytest.fixture
 def inst():
     return make_instrument("TESTUSDT", 4, 3)
+
+
+def test_every_allowed_interval_has_a_nautilus_bar_type(inst):
+    assert [str(bar_type_for(inst.id, iv)).split("-", 2)[2] for iv in ("15m", "12h", "3d")] == [
+        "15-MINUTE-LAST-EXTERNAL", "12-HOUR-LAST-EXTERNAL", "3-DAY-LAST-EXTERNAL"
+    ]  # fmt: skip
+    for interval in INTERVALS:
+        bar_type_for(inst.id, interval)
+    assert interval_seconds("4h") == 4 * 3600
+
+
+@pytest.mark.parametrize("interval", ["7m", "45m", "60m", "5h", "24h", "0m", "1w", "5"])
+def test_an_interval_without_a_bar_type_is_refused_with_the_allowed_ones(inst, interval):
+    with pytest.raises(
+        ValueError, match=rf"unsupported interval '{interval}'; allowed: 1m, 2m, .* 12h or whole days"
+    ):
+        bar_type_for(inst.id, interval)
 
 
 def test_bars_are_stamped_at_the_candle_close(store, inst):
