@@ -1,6 +1,7 @@
 """The backtest config file: one YAML describes a whole run. See configs/backtests/*.yaml and the README."""
 
 import importlib
+import traceback
 from datetime import datetime
 from typing import Any, Literal
 
@@ -166,13 +167,29 @@ def resolve_component(path: str) -> tuple[type, type]:
         raise ValueError(f"expected 'module:Class', e.g. 'strategies.ema_cross:EmaCross', got {path!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import module {module_name!r}: {err}") from None
+    except Exception as err:  # a module that fails while importing is as much a bad path as a missing one
+        raise ValueError(f"cannot import module {module_name!r}: {_import_failure(err)}") from None
     cls = getattr(module, class_name, None)
     config_cls = getattr(module, f"{class_name}Config", None)
     if cls is None or config_cls is None:
         raise ValueError(f"module {module_name!r} must define {class_name} and {class_name}Config")
     return cls, config_cls
+
+
+def _import_failure(err: Exception) -> str:
+    """The module's own error on one line, at the line that raised it: `mine.py:3: SyntaxError: ...`."""
+    if isinstance(err, SyntaxError):
+        where, message = f"{err.filename}:{err.lineno}: ", err.msg
+    else:
+        # The first frame is resolve_component, then importlib's: none of them is the module's.
+        frames = [
+            f
+            for f in traceback.extract_tb(err.__traceback__)[1:]
+            if f.filename != importlib.__file__ and not f.filename.startswith("<frozen")
+        ]
+        where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+        message = str(err)
+    return where + f"{type(err).__name__}: " + " ".join(message.split())
 
 
 def build_component_config(component: ComponentConfig, where: str, **injected):

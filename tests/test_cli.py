@@ -1,6 +1,7 @@
 """The `qt` command end to end: generate, check, backtest; errors exit 2 with the reason."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def qt(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "quantum_trader.cli", *map(str, args)], cwd=cwd,
+def qt(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, "-m", "quantum_trader.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
@@ -41,3 +42,16 @@ def test_a_bad_config_exits_2_and_names_the_field(tmp_path):
     res = qt("backtest", tmp_path / "bad.yaml")
     assert res.returncode == 2
     assert "venue.fill_timing" in res.stderr and "next_bar_close" in res.stderr
+
+
+def test_a_strategy_module_with_a_syntax_error_exits_2_with_one_line_naming_its_file_and_line(tmp_path):
+    (tmp_path / "qt_cli_broken.py").write_text("PERIODS = (3, 5\n")
+    (tmp_path / "bt.yaml").write_text("strategies: [{path: 'qt_cli_broken:Broken'}]\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    res = qt("backtest", tmp_path / "bt.yaml", env=os.environ | {"PYTHONPATH": path})
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"error: invalid config {tmp_path}/bt.yaml:",
+        "  strategies.0.path: Value error, cannot import module 'qt_cli_broken': "
+        f"{tmp_path}/qt_cli_broken.py:1: SyntaxError: '(' was never closed (got 'qt_cli_broken:Broken')",
+    ]

@@ -45,6 +45,23 @@ def test_a_strategy_that_cannot_be_imported_is_named():
     assert "strategies.0.path" in msg and "strategies.nope" in msg
 
 
+def test_a_strategy_module_that_fails_to_import_names_the_path_and_its_own_error(tmp_path, monkeypatch):
+    (tmp_path / "qt_syntax_error.py").write_text("SIZE = 1\nPERIODS = (3, 5\n")
+    (tmp_path / "qt_missing_dependency.py").write_text("import qt_no_such_package\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    msg = error_of({"strategies": [{"path": "qt_syntax_error:Mine"}]})
+    assert (
+        "strategies.0.path: Value error, cannot import module 'qt_syntax_error': "
+        f"{tmp_path}/qt_syntax_error.py:2: SyntaxError: '(' was never closed" in msg
+    )
+    msg = error_of({"strategies": [{"path": "qt_missing_dependency:Mine"}]})
+    assert (
+        "strategies.0.path: Value error, cannot import module 'qt_missing_dependency': "
+        f"{tmp_path}/qt_missing_dependency.py:1: ModuleNotFoundError: No module named 'qt_no_such_package'"
+        in msg
+    )
+
+
 def test_a_strategy_path_without_a_class_is_explained():
     assert "module:Class" in error_of({"strategies": [{"path": "strategies.ema_cross"}]})
 
