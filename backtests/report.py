@@ -23,6 +23,13 @@ from quantum_trader.events import ExitEvent, RiskEvent
 from strategies.base import LIQUIDATION_TAG
 
 DAYS_PER_YEAR = 365
+# Every file a report may write. A report first removes these from its folder, so that a file of an earlier
+# run there (the tearsheet of a run that had one) cannot pass for this run's; other files are the user's.
+REPORT_FILES = (
+    "orders.csv", "account.csv", "fills.csv", "positions.csv", "equity.csv", "signals.parquet", "funding.csv",
+    "exits.csv", "risk_events.csv", "exits_by_reason.csv", "stats.json", "fingerprint.txt", "per_symbol.csv",
+    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt",
+)  # fmt: skip
 
 
 def _money(values: pd.Series) -> pd.Series:
@@ -269,6 +276,8 @@ def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -
 
 def write_report(run: RunArtifacts, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
     engine, cfg = run.engine, run.config
     # Each table is written as soon as it is built, and the orders and the account are let go at once: with
     # tens of thousands of trades, holding all of them at the same time set the run's peak memory.
