@@ -275,6 +275,8 @@ def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -
 
 
 def write_report(run: RunArtifacts, out: Path) -> dict:
+    """Writes the report into `out` and returns its stats; `tearsheet_error` among them says why the tearsheet
+    asked for is missing."""
     out.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
         (out / name).unlink(missing_ok=True)
@@ -325,7 +327,7 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         "peak_memory_gib": peak_memory_gib(),  # includes the report tables built above
         "bars_per_second": run.bars / run.wall_seconds if run.wall_seconds > 0 else None,
     }
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    _write_stats(stats, out)
     (out / "fingerprint.txt").write_text(stats["fingerprint"] + "\n")
     per_symbol(positions, fills, funding).to_csv(out / "per_symbol.csv")
     resolved = cfg.model_dump(mode="json") | {
@@ -337,15 +339,25 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         plot_equity(equity, f"{cfg.name}: equity and drawdown", out / "equity.png")
     if len(exit_table) or risk_counts:
         plot_exits(exit_table, risk_counts, f"{cfg.name}: exits and risk events", out / "exits.png")
-    if cfg.report.tearsheet:
-        _tearsheet(engine, out / "tearsheet.html", cfg.name)
+    if cfg.report.tearsheet and (error := _tearsheet(engine, out / "tearsheet.html", cfg.name)):
+        stats["tearsheet_error"] = error
+        _write_stats(stats, out)
     return stats
 
 
-def _tearsheet(engine, path: Path, title: str) -> None:
+def _write_stats(stats: dict, out: Path) -> None:
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+
+
+def _tearsheet(engine, path: Path, title: str) -> str | None:
+    """Why the tearsheet could not be written, or None. It comes last: a failure loses none of the report."""
     from nautilus_trader.analysis.tearsheet import create_tearsheet
 
     try:
         create_tearsheet(engine, output_path=str(path), title=title)
-    except Exception as err:  # the tearsheet is a convenience; the run's own report is already written
-        path.with_suffix(".error.txt").write_text(f"tearsheet failed: {err!r}\n")
+    except Exception as err:
+        path.unlink(missing_ok=True)  # whatever it wrote before failing is not a tearsheet
+        error = f"tearsheet failed: {err!r}"
+        path.with_suffix(".error.txt").write_text(error + "\n")
+        return error
+    return None

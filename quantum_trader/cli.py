@@ -9,6 +9,8 @@ from pathlib import Path
 from quantum_trader.config import ConfigError
 
 EXIT_USAGE = 2
+# The files a backtest's report line points at; a report clears its files first, so one there is this run's.
+_SHOWN_REPORT_FILES = ("stats.json", "equity.png", "exits.png", "tearsheet.html", "per_symbol.csv")
 # Errors that explain themselves (bad models, no models, suspected leakage): a message, not a traceback.
 _REPORTED_ERRORS = {"ModelLoadError", "EnsembleError", "LeakageSuspected", "RegistryError"}
 
@@ -187,7 +189,11 @@ def cmd_backtest(args) -> int:
     run = run_backtest(cfg, progress=not args.no_progress)
     stats = write_report(run, out)
     _print_stats(stats)
-    print(f"report: {out}/ (stats.json, equity.png, tearsheet.html, per_symbol.csv, orders/fills/positions)")
+    shown = [name for name in _SHOWN_REPORT_FILES if (out / name).exists()]
+    print(f"report: {out}/ ({', '.join(shown)}, orders/fills/positions)")
+    if stats.get("tearsheet_error"):
+        print(f"error: {stats['tearsheet_error']}; the rest of the report is written", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -37,3 +37,21 @@ def test_a_second_report_to_the_same_folder_leaves_no_file_of_the_first(walk_cat
     assert "tearsheet.html" not in files(out) and "exits.png" not in files(out)
     assert json.loads((out / "stats.json").read_text())["trades"] == 0
     assert (out / "notes.txt").read_text() == "the user's own\n"
+
+
+def test_a_tearsheet_that_fails_is_not_claimed_the_rest_is_written_and_the_run_exits_1(
+    walk_catalog, tmp_path, monkeypatch, capsys
+):
+    def half_written(engine, output_path, title):
+        Path(output_path).write_text("<html><body>")
+        raise RuntimeError("no plotly")
+
+    monkeypatch.setattr("nautilus_trader.analysis.tearsheet.create_tearsheet", half_written)
+    out = tmp_path / "out"
+    assert backtest(tmp_path, walk_catalog, out, EMPTY, report={"tearsheet": True}) == 1
+    printed = capsys.readouterr()
+    assert f"report: {out}/ (stats.json, equity.png, per_symbol.csv, orders/fills/positions)\n" in printed.out
+    error = "tearsheet failed: RuntimeError('no plotly')"
+    assert f"error: {error}; the rest of the report is written" in printed.err.splitlines()
+    assert json.loads((out / "stats.json").read_text())["tearsheet_error"] == error
+    assert files(out) == sorted(set(REPORT_FILES) - {"tearsheet.html", "exits.png"})
