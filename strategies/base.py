@@ -9,7 +9,8 @@ to us for MARGIN accounts:
 - A liquidation guard: while a position is open, a reduce-only stop-market order rests at its liquidation
   price, tagged LIQUIDATION. It is re-placed whenever the position changes, and left out while the Exit
   Brain's stop rests between it and the market: that stop always fills first, so the guard would only cost
-  orders. Isolated-margin rule for linear USDT-M contracts:
+  orders, and for an unlevered long, whose liquidation needs a 99.5% fall. Isolated-margin rule for linear
+  USDT-M contracts:
   long liq = entry * (1 - 1/leverage + mmr); short liq = entry * (1 + 1/leverage - mmr).
   In a backtest this is how the margin-exhausted position gets closed at its liquidation price; live, the
   exchange liquidates first, and the order is a harmless last line of defence.
@@ -376,10 +377,11 @@ class QTStrategy(Strategy):
         """Where the liquidation guard of this position rests; 0.0 when it has none."""
         if not self.config.liquidation_guard:
             return 0.0
-        price = self._liquidation_price(position)
-        if price <= self.cache.instrument(position.instrument_id).price_increment.as_double():
-            return 0.0  # an unlevered long cannot be liquidated
-        return price
+        if position.side == PositionSide.LONG and self.leverage(position.instrument_id) <= 1:
+            # An unlevered long's liquidation price is mmr x entry: at a 99.5% fall, with 0.5% of the notional
+            # left to lose below it, the guard would save nothing, yet every entry would rest and cancel it.
+            return 0.0
+        return self._liquidation_price(position)
 
     def _protect(self, position: Position | None) -> None:
         if position is None or position.is_closed:

@@ -336,3 +336,18 @@ def test_spot_refuses_leverage_in_the_config(tmp_path):
     data = cfg.model_dump() | {"universe": {"select": "all", "market": "spot"}}
     with pytest.raises(ConfigError, match="venue.leverage / venue.default_leverage: spot .* allowed: 1"):
         parse_backtest_config(data)
+
+
+@pytest.mark.parametrize(("side", "leverage", "guards"), [("BUY", 1, 0), ("SELL", 1, 1), ("BUY", 2, 1)])
+def test_a_liquidation_guard_rests_wherever_liquidation_can_cost_more_than_the_margin_left(
+    ramp_catalog, tmp_path, side, leverage, guards
+):
+    # An unlevered long is liquidated at 0.5% of its entry, a fall that leaves nothing to save; an unlevered
+    # short's liquidation price (199.5% of entry) is a move that real 5-minute bars have made.
+    cfg = config(
+        ramp_catalog,
+        strategy_config={"enter_on_bar": 3, "side": side, "notional_usd": 1000},
+        default_leverage=leverage,
+    )
+    result, _, _ = run(cfg, tmp_path)
+    assert len([o for o in result.engine.cache.orders() if "LIQUIDATION" in o.tags]) == guards
