@@ -6,7 +6,7 @@ import pandas as pd
 from nautilus_trader.model.enums import price_type_to_str
 
 from catalog.instruments import symbol_of
-from catalog.quality import inspect_ohlcv
+from catalog.quality import inspect_funding, inspect_ohlcv
 from catalog.store import CatalogStore, interval_of
 
 _ISSUE_FIELDS = ("gaps", "duplicates_dropped", "conflicting_duplicates", "out_of_order", "nan_rows",
@@ -24,7 +24,8 @@ def check_catalog(catalog_dir: Path) -> pd.DataFrame:
     for inst in store.instruments():
         funding = store.read_funding_frame(inst.id)
         if len(funding):
-            rows.append(_funding_row(str(inst.id), funding))
+            report = inspect_funding(funding, symbol_of(inst.id))
+            rows.append(_row(str(inst.id), "funding", report.interval, report.to_dict()))
     return pd.DataFrame(rows)
 
 
@@ -34,14 +35,4 @@ def _row(instrument: str, kind: str, interval: str, q: dict) -> dict:
         "instrument": instrument, "kind": kind, "interval": interval, "rows": q["rows_in"],
         "first": q.get("first"), "last": q.get("last"), "gaps": q.get("gaps", 0),
         "missing_bars": q.get("missing_bars", 0), "largest_gap": q.get("largest_gap"), "issues": " ".join(issues),
-    }  # fmt: skip
-
-
-def _funding_row(instrument: str, funding: pd.DataFrame) -> dict:
-    steps = funding["date"].diff().dropna()
-    gaps = int((steps > pd.Timedelta(hours=8)).sum())
-    return {
-        "instrument": instrument, "kind": "funding", "interval": "8h", "rows": len(funding),
-        "first": funding["date"].min(), "last": funding["date"].max(), "gaps": gaps, "missing_bars": None,
-        "largest_gap": steps.max() if len(steps) else None, "issues": f"gaps={gaps}" if gaps else "",
     }  # fmt: skip

@@ -23,6 +23,10 @@ Rules, applied in this order (each row is counted under the first rule it breaks
 6. Funding only: |rate| > `max_abs_funding_rate` (default 0.05, i.e. 5% per funding interval,
    beyond any cap Binance applies) always raises: it almost surely means a unit error.
 
+Funding only, before the rules: a funding time within `FUNDING_TIME_TOLERANCE` of a whole hour is
+moved onto that hour (`snapped_to_hour`). Binance stamps funding a few ms late; that is its
+convention, not a defect, so it does not make a report not ok.
+
 Reported but never changed:
 
 - Gaps: consecutive bars more than one interval apart. `gaps` counts them, `missing_bars` counts
@@ -58,6 +62,10 @@ FUNDING_COLUMNS = ("rate",)
 DEFAULT_FUNDING_INTERVAL = "8h"
 _SHOWN = 5  # offending timestamps named in an error message
 _MONDAY_OFFSET = pd.Timedelta(days=4)  # 1970-01-01 was a Thursday; Binance weeks open on Monday
+# Binance stamps a funding time 1-5 ms after the hour it settles (fundingTime 1735689600003). Left there,
+# 8h + 1 ms reads as a gap and a backtest settles the funding a bar late. Funding times are whole hours
+# (8h, 4h and 1h funding alike); one second is far above the stamps' jitter and far below any interval.
+FUNDING_TIME_TOLERANCE = pd.Timedelta(seconds=1)
 
 
 class DataQualityError(ValueError):
@@ -126,6 +134,7 @@ class QualityReport:
     first: pd.Timestamp | None = None
     last: pd.Timestamp | None = None
     misaligned: int = 0
+    snapped_to_hour: int = 0  # funding times moved onto the hour they were stamped just after
     notes: list[str] = field(default_factory=list)  # what was done, in words, for the CLI
 
     def ok(self) -> bool:
@@ -398,6 +407,7 @@ def clean_funding(
     interval = interval or infer_interval(df["date"]) or DEFAULT_FUNDING_INTERVAL
     report = QualityReport(symbol, "funding", interval, rows_in=len(df))
     cleaner = _Cleaner(df, FUNDING_COLUMNS, report, policy)
+    _snap_funding_times(cleaner)
     cleaner.sort()
     cleaner.drop_exact_duplicates()
     cleaner.handle_invalid(None)
@@ -410,6 +420,17 @@ def clean_funding(
             "A rate this large usually means percent instead of a fraction",
         )
     return cleaner.finish(interval_to_timedelta(interval) if fixed_step else None), report
+
+
+def _snap_funding_times(cleaner: _Cleaner) -> None:
+    dates = cleaner.df["date"]
+    hours = dates.dt.round("h")
+    near = ((dates - hours).abs() < FUNDING_TIME_TOLERANCE) & (dates != hours)
+    count = int(near.sum())
+    if count:
+        cleaner.df["date"] = dates.where(~near, hours)
+        cleaner.report.snapped_to_hour = count
+        cleaner.report.notes.append(f"moved {count} funding time(s) stamped just after the hour onto it")
 
 
 def inspect_funding(df: pd.DataFrame, symbol: str, interval: str | None = None) -> QualityReport:

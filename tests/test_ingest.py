@@ -9,7 +9,8 @@ import pytest
 from catalog.check import check_catalog
 from catalog.ingest import ingest
 from catalog.store import CatalogStore, bar_type_for
-from tests.conftest import candles, random_walk, real_data_or_skip
+from quantum_trader.cli import main
+from tests.conftest import build_catalog, candles, random_walk, real_data_or_skip
 
 BINANCE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
                    "taker_buy_volume", "taker_buy_quote_volume", "ignore"]  # fmt: skip
@@ -100,6 +101,37 @@ def test_repairs_drops_and_gaps_are_counted_not_hidden(tmp_path):
     report = check_catalog(tmp_path / "cat")
     row = report[report["kind"] == "ohlcv"].iloc[0]
     assert row["gaps"] == 2 and row["missing_bars"] == 6
+
+
+def funding_stamped_ms_late(n: int) -> pd.DataFrame:
+    """8-hourly funding as Binance's API stamps it: 1-5 ms after the hour."""
+    on_the_hour = pd.date_range("2025-01-01", periods=n, freq="8h", tz="UTC")
+    late = on_the_hour + pd.to_timedelta(np.arange(n) % 5 + 1, unit="ms")
+    return pd.DataFrame({"date": late, "rate": 1e-4})
+
+
+def test_funding_times_a_few_ms_after_the_hour_are_stored_on_the_hour(tmp_path):
+    late = funding_stamped_ms_late(9)
+    src = tmp_path / "src"
+    src.mkdir()
+    calc_time = (late["date"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    pd.DataFrame(
+        {"calc_time": calc_time, "funding_interval_hours": 8, "last_funding_rate": late["rate"]}
+    ).to_csv(src / "ABCUSDT-fundingRate-2025-01.csv", index=False)
+    summary = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    (q,) = summary.results[0].quality
+    assert (q["snapped_to_hour"], q["gaps"]) == (9, 0)
+    stored = CatalogStore(tmp_path / "cat").read_funding_frame("ABCUSDT-PERP.BINANCE")
+    assert stored["date"].tolist() == list(pd.date_range("2025-01-01", periods=9, freq="8h", tz="UTC"))
+
+
+def test_check_counts_no_funding_gaps_in_a_catalog_stamped_ms_after_the_hour(tmp_path):
+    # A catalog ingested before funding times were snapped holds Binance's stamps as they came.
+    cat = tmp_path / "cat"
+    build_catalog(cat, {"ABCUSDT": candles(random_walk(300, 3))}, {"ABCUSDT": funding_stamped_ms_late(9)})
+    row = check_catalog(cat).set_index("kind").loc["funding"]
+    assert (row["interval"], row["rows"], row["gaps"], row["issues"]) == ("8h", 9, 0, "")
+    assert main(["data", "check", "--catalog", str(cat), "--strict"]) == 0
 
 
 def test_generated_markets_go_through_the_same_path(tmp_path):

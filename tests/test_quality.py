@@ -282,6 +282,32 @@ def test_funding_duplicates_follow_the_same_rules():
     assert (report.duplicates_dropped, report.conflicting_duplicates) == (1, 1)
 
 
+def test_funding_stamped_a_few_ms_after_the_hour_is_on_the_hour_and_has_no_gaps():
+    # Binance's fundingTime is 1-5 ms after the hour it settles (e.g. 1735689600003).
+    late = funding([0.0001] * 7)
+    late["date"] += pd.to_timedelta([1, 5, 2, 4, 1, 3, 5], unit="ms")
+    out, report = clean_funding(late, "BTCUSDT")
+    assert out["date"].tolist() == funding([0.0001] * 7)["date"].tolist()
+    assert (report.snapped_to_hour, report.gaps, report.missing_bars, report.interval) == (7, 0, 0, "8h")
+    assert report.ok()
+
+
+def test_a_funding_time_a_second_or_more_off_the_hour_is_kept_as_stamped():
+    off = funding([0.0001] * 3)
+    off.loc[1, "date"] += pd.Timedelta(seconds=1)
+    out, report = clean_funding(off, "BTCUSDT")
+    assert out["date"].iloc[1] == T0 + pd.Timedelta(hours=8, seconds=1)
+    assert report.snapped_to_hour == 0
+
+
+def test_two_stamps_of_one_funding_time_are_duplicates_after_snapping():
+    twice = pd.concat([funding([0.0001, 0.0002]), funding([0.0001])], ignore_index=True)
+    twice.loc[2, "date"] += pd.Timedelta(milliseconds=3)
+    out, report = clean_funding(twice, "BTCUSDT")
+    assert out["rate"].tolist() == [0.0001, 0.0002]
+    assert (report.snapped_to_hour, report.duplicates_dropped) == (1, 1)
+
+
 # --------------------------------------------------------------------------- real shared data
 
 
