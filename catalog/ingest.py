@@ -116,30 +116,51 @@ def _ingest_group(job) -> SymbolResult:
     try:
         ingest_frames(store, read_paths(files, **overrides), policy, result)
     except Exception as err:  # one bad symbol must not lose the others; the error is reported
-        result.error = f"{type(err).__name__}: {err}"
+        result.error = _describe_error(err, result)
     return result
+
+
+def _describe_error(err: Exception, result: SymbolResult) -> str:
+    written = [w["key"] for w in result.writes if w["rows_new"]]
+    done = f"failed after writing {', '.join(written)}" if written else "not ingested, nothing written"
+    return f"{done}: {type(err).__name__}: {err}"
+
+
+# Funding first: a symbol whose funding the catalog refuses gets no bars to trade without it. OHLCV
+# before mark: it defines the instrument's precision that mark bars reuse.
+_WRITE_ORDER = {"funding": 0, "ohlcv": 1, "mark": 2}
 
 
 def ingest_frames(
     store: CatalogStore, frames: list[SourceFrame], policy: QualityPolicy, result: SymbolResult
 ):
-    """The one path from a frame to the catalog, for files and generated data alike."""
-    # OHLCV first: it defines the instrument's precision that mark bars reuse.
-    for sf in sorted(frames, key=lambda f: {"ohlcv": 0, "mark": 1, "funding": 2}[f.kind]):
-        result.symbol = sf.symbol
-        _ingest_frame(store, sf, policy, result)
+    """The one path from a frame to the catalog, for files and generated data alike.
+
+    Every frame of the symbol is cleaned before any is written: a refused file refuses the whole
+    symbol, so no symbol's bars reach the catalog while its funding was refused.
+    """
+    frames = sorted(frames, key=lambda f: _WRITE_ORDER[f.kind])
+    cleaned = [_clean_frame(sf, policy, result) for sf in frames]
+    for sf, clean in zip(frames, cleaned, strict=True):
+        _write_frame(store, sf, clean, result)
     return result
 
 
-def _ingest_frame(store: CatalogStore, sf: SourceFrame, policy: QualityPolicy, result: SymbolResult) -> None:
+def _clean_frame(sf: SourceFrame, policy: QualityPolicy, result: SymbolResult) -> pd.DataFrame:
+    result.symbol = sf.symbol
     if sf.kind == "funding":
         clean, report = clean_funding(sf.frame, sf.symbol, policy=policy)
-        _record(result, report, sf)
+    else:
+        clean, report = clean_ohlcv(sf.frame, sf.interval, sf.symbol, kind=sf.kind, policy=policy)
+    _record(result, report, sf)
+    return clean
+
+
+def _write_frame(store: CatalogStore, sf: SourceFrame, clean: pd.DataFrame, result: SymbolResult) -> None:
+    if sf.kind == "funding":
         if sf.market == "futures":
             result.writes.append(store.write_funding(instrument_id(sf.symbol, sf.market), clean).__dict__)
         return
-    clean, report = clean_ohlcv(sf.frame, sf.interval, sf.symbol, kind=sf.kind, policy=policy)
-    _record(result, report, sf)
     if clean.empty:
         return
     instrument = _instrument_for(store, sf, clean)

@@ -79,6 +79,50 @@ def test_a_corrupt_zip_is_reported_and_the_other_symbols_still_ingest(archives, 
     )
 
 
+def freqtrade_futures(folder, symbol: str, frame: pd.DataFrame, rates: list[float]) -> None:
+    """A freqtrade futures slice: 5m candles and funding (the rate in `open`, the other columns 0)."""
+    pair = f"{symbol.removesuffix('USDT')}_USDT_USDT"
+    frame.to_feather(folder / f"{pair}-5m-futures.feather")
+    dates = pd.date_range(frame["date"].iloc[0], periods=len(rates), freq="8h", tz="UTC")
+    zeros = np.zeros(len(rates))
+    funding = pd.DataFrame({"date": dates, "open": rates, "high": zeros, "low": zeros, "close": zeros})
+    funding.assign(volume=zeros).to_feather(folder / f"{pair}-1h-funding_rate.feather")
+
+
+def test_a_symbol_whose_funding_is_refused_is_not_ingested_and_the_others_are(tmp_path):
+    src = tmp_path / "futures"
+    src.mkdir()
+    freqtrade_futures(src, "ABCUSDT", candles(random_walk(300, 1)), [1e-4, 0.5, 1e-4])  # 50%: a unit error
+    freqtrade_futures(src, "XYZUSDT", candles(random_walk(300, 2)), [1e-4, 2e-4, 1e-4])
+    summary = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    store = CatalogStore(tmp_path / "cat")
+    assert [str(bt) for bt in store.bar_types(price_type=None)] == [
+        "XYZUSDT-PERP.BINANCE-5-MINUTE-LAST-EXTERNAL"
+    ]
+    assert [str(i.id) for i in store.instruments()] == ["XYZUSDT-PERP.BINANCE"]
+    assert store.read_funding_frame("ABCUSDT-PERP.BINANCE").empty
+    assert store.read_funding_frame("XYZUSDT-PERP.BINANCE")["rate"].tolist() == [1e-4, 2e-4, 1e-4]
+    (refused,) = summary.errors
+    assert refused.symbol == "ABCUSDT"
+    assert refused.error.startswith("not ingested, nothing written: DataQualityError: ABCUSDT funding")
+    assert "|funding rate| <= 0.05" in refused.error
+
+
+def test_a_symbol_whose_funding_contradicts_the_catalog_gets_no_new_bars(tmp_path):
+    # Funding is written before the bars, so a funding write the catalog refuses stops the bars too.
+    frame = candles(random_walk(600, 3))
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    freqtrade_futures(first, "ABCUSDT", frame.iloc[:300], [1e-4, 1e-4])
+    freqtrade_futures(second, "ABCUSDT", frame, [1e-4, 3e-4, 1e-4])  # the 08:00 rate differs
+    assert not ingest([first], tmp_path / "cat", workers=1, progress=False).errors
+    (refused,) = ingest([second], tmp_path / "cat", workers=1, progress=False).errors
+    bars = CatalogStore(tmp_path / "cat").read_bars_frame(bar_type_for("ABCUSDT-PERP.BINANCE", "5m"))
+    assert len(bars) == 300
+    assert refused.error.startswith("not ingested, nothing written: CatalogConflictError: ABCUSDT-PERP")
+
+
 def test_repairs_drops_and_gaps_are_counted_not_hidden(tmp_path):
     frame = candles(random_walk(100, 12))
     frame.loc[10, "high"] = frame.loc[10, "low"] * 0.9  # high < low
