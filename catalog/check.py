@@ -21,11 +21,11 @@ def check_catalog(catalog_dir: Path) -> pd.DataFrame:
         frame = store.read_bars_frame(bar_type)
         report = inspect_ohlcv(frame, interval_of(bar_type), symbol_of(bar_type.instrument_id), kind=kind)
         rows.append(_row(str(bar_type.instrument_id), kind, interval_of(bar_type), report.to_dict()))
-    for inst in store.instruments():
-        funding = store.read_funding_frame(inst.id)
+    for iid in store.funding_instrument_ids():
+        funding = store.read_funding_frame(iid)
         if len(funding):
-            report = inspect_funding(funding, symbol_of(inst.id))
-            rows.append(_row(str(inst.id), "funding", report.interval, report.to_dict()))
+            report = inspect_funding(funding, symbol_of(iid))
+            rows.append(_row(iid, "funding", report.interval, report.to_dict()))
     return pd.DataFrame(rows)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from catalog.instruments import infer_precision, instrument_id, make_instrument
-from catalog.quality import QualityPolicy, QualityReport, clean_funding, clean_ohlcv
+from catalog.instruments import MAX_PRECISION, infer_precision, instrument_id, make_instrument
+from catalog.quality import PRICE_COLUMNS, QualityPolicy, QualityReport, clean_funding, clean_ohlcv
 from catalog.readers import SourceFrame, discover, read_paths
 from catalog.store import CatalogStore, bar_type_for
 
@@ -34,6 +34,14 @@ class SymbolResult:
     @property
     def rows(self) -> int:
         return sum(w["rows_new"] for w in self.writes)
+
+    @property
+    def roundings(self) -> list[str]:
+        return [
+            f"{w['key']}: {w['values_rounded']} value(s) rounded to the {MAX_PRECISION} decimals the catalog keeps"
+            for w in self.writes
+            if w.get("values_rounded")
+        ]
 
 
 @dataclass
@@ -126,8 +134,7 @@ def _describe_error(err: Exception, result: SymbolResult) -> str:
     return f"{done}: {type(err).__name__}: {err}"
 
 
-# Funding first: a symbol whose funding the catalog refuses gets no bars to trade without it. OHLCV
-# before mark: it defines the instrument's precision that mark bars reuse.
+# Funding first: a symbol whose funding the catalog refuses gets no bars to trade without it.
 _WRITE_ORDER = {"funding": 0, "ohlcv": 1, "mark": 2}
 
 
@@ -163,23 +170,35 @@ def _write_frame(store: CatalogStore, sf: SourceFrame, clean: pd.DataFrame, resu
         return
     if clean.empty:
         return
-    instrument = _instrument_for(store, sf, clean)
-    bar_type = bar_type_for(instrument.id, sf.interval, "MARK" if sf.kind == "mark" else "LAST")
-    result.writes.append(store.write_bars(instrument, clean, bar_type).__dict__)
+    if sf.kind == "mark":
+        bar_type = bar_type_for(instrument_id(sf.symbol, sf.market), sf.interval, "MARK")
+        written = store.write_bar_frame(clean, bar_type, *_mark_precision(store, bar_type, clean))
+    else:
+        instrument = _instrument_for(store, sf, clean)
+        written = store.write_bars(instrument, clean, bar_type_for(instrument.id, sf.interval, "LAST"))
+    result.writes.append(written.__dict__)
 
 
 def _record(result: SymbolResult, report: QualityReport, sf: SourceFrame) -> None:
     result.quality.append(report.to_dict() | {"source": sf.source, "market": sf.market})
 
 
+def _precision(frame: pd.DataFrame) -> tuple[int, int]:
+    prices = frame[list(PRICE_COLUMNS)].to_numpy().ravel()
+    return infer_precision(prices), infer_precision(frame["volume"].to_numpy())
+
+
+def _mark_precision(store: CatalogStore, bar_type, frame: pd.DataFrame) -> tuple[int, int]:
+    # A mark price is an index average quoted finer than the trade tick (BTC 92760.05741135 on a 0.1 tick);
+    # rounded to that tick it moved by up to 0.1%. So mark bars keep their own precision, never the instrument's.
+    price, size = _precision(frame)
+    stored = store.bar_precision(bar_type)
+    return (price, size) if stored is None else (max(price, stored[0]), max(size, stored[1]))
+
+
 def _instrument_for(store: CatalogStore, sf: SourceFrame, frame: pd.DataFrame):
-    iid = instrument_id(sf.symbol, sf.market)
-    existing = store.find_instrument(iid)
-    if existing is not None and sf.kind == "mark":
-        return existing
-    prices = frame[["open", "high", "low", "close"]].to_numpy().ravel()
-    price_precision = infer_precision(prices)
-    size_precision = infer_precision(frame["volume"].to_numpy())
+    existing = store.find_instrument(instrument_id(sf.symbol, sf.market))
+    price_precision, size_precision = _precision(frame)
     if existing is not None:
         price_precision = max(price_precision, existing.price_precision)
         size_precision = max(size_precision, existing.size_precision)

@@ -85,6 +85,7 @@ class WriteResult:
     rows_new: int = 0
     rows_already_present: int = 0
     rows_total: int = 0
+    values_rounded: int = 0  # values with more decimals than the series keeps, rounded on the way in
 
 
 @dataclass
@@ -145,21 +146,40 @@ class CatalogStore:
     def read_bars(self, bar_type: BarType | str, start=None, end=None) -> list[Bar]:
         return self.catalog.bars([str(bar_type)], start=start, end=end)
 
+    def bar_precision(self, bar_type: BarType | str) -> tuple[int, int] | None:
+        """(price, size) precision the stored bars of this type were written with; None if there are none."""
+        files = sorted(self.bar_dir(bar_type).glob("*.parquet"))
+        if not files:
+            return None
+        meta = pq.read_schema(files[0]).metadata
+        return int(meta[b"price_precision"]), int(meta[b"size_precision"])
+
     def write_bars(self, instrument: Instrument, frame: pd.DataFrame, bar_type: BarType) -> WriteResult:
+        return self.write_bar_frame(frame, bar_type, instrument.price_precision, instrument.size_precision)
+
+    def write_bar_frame(
+        self, frame: pd.DataFrame, bar_type: BarType, price_precision: int, size_precision: int
+    ) -> WriteResult:
         # Round first, so re-ingesting the same file compares equal to what the catalog stored.
-        frame = frame.assign(
-            **{c: frame[c].round(instrument.price_precision) for c in OHLCV[:4]},
-            volume=frame["volume"].round(instrument.size_precision),
+        rounded = frame.assign(
+            **{c: frame[c].round(price_precision) for c in OHLCV[:4]},
+            volume=frame["volume"].round(size_precision),
         )
-        merged, result = self._merge(self.read_bars_frame(bar_type), frame, OHLCV, str(bar_type))
+        merged, result = self._merge(self.read_bars_frame(bar_type), rounded, OHLCV, str(bar_type))
+        result.values_rounded = _count_changed(frame[OHLCV].to_numpy(), rounded[OHLCV].to_numpy())
         if result.rows_new:
-            bars = frame_to_bars(merged, bar_type, instrument.price_precision, instrument.size_precision)
+            bars = frame_to_bars(merged, bar_type, price_precision, size_precision)
             self._replace(self.bar_dir(bar_type), bars)
         return result
 
     # ---- funding -----------------------------------------------------------------------------------
     def funding_dir(self, instrument_id: InstrumentId | str) -> Path:
         return self.path / "data" / "funding_rate_update" / str(instrument_id)
+
+    def funding_instrument_ids(self) -> list[str]:
+        """Every instrument with funding stored, whether or not it has an instrument or bars."""
+        root = self.path / "data" / "funding_rate_update"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
 
     def read_funding_frame(self, instrument_id: InstrumentId | str) -> pd.DataFrame:
         if not self.funding_dir(instrument_id).exists():
@@ -235,6 +255,11 @@ class CatalogStore:
                 backup.rename(folder)
             raise
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def _count_changed(before: np.ndarray, after: np.ndarray) -> int:
+    # Relative, so a float's last-bit noise is no rounding but 0.016099 -> 0.0161 is.
+    return int((~np.isclose(before, after, rtol=1e-12, atol=0.0)).sum())
 
 
 def _concat_tables(files: list[Path]):

@@ -136,6 +136,9 @@ def cmd_ingest(args) -> int:
     }
     summary = ingest(args.paths, args.catalog, policy=policy, overrides=overrides, workers=args.workers)
     _print_table(summary.table())
+    for r in summary.results:
+        for line in r.roundings:
+            print(f"warning: {r.symbol}: {line}", file=sys.stderr)
     for r in summary.errors:
         print(f"error: {r.symbol}: {r.error}", file=sys.stderr)
     rows = sum(r.rows for r in summary.results)

@@ -8,6 +8,7 @@ import pytest
 
 from catalog.check import check_catalog
 from catalog.ingest import ingest
+from catalog.instruments import instrument_id
 from catalog.store import CatalogStore, bar_type_for
 from quantum_trader.cli import main
 from tests.conftest import build_catalog, candles, random_walk, real_data_or_skip
@@ -176,6 +177,48 @@ def test_check_counts_no_funding_gaps_in_a_catalog_stamped_ms_after_the_hour(tmp
     row = check_catalog(cat).set_index("kind").loc["funding"]
     assert (row["interval"], row["rows"], row["gaps"], row["issues"]) == ("8h", 9, 0, "")
     assert main(["data", "check", "--catalog", str(cat), "--strict"]) == 0
+
+
+def test_mark_prices_keep_their_own_decimals_not_the_trade_tick(tmp_path):
+    # BTC trades on a 0.1 tick; its mark price is an index average quoted to 8 decimals.
+    src = tmp_path / "futures"
+    src.mkdir()
+    trades = candles(np.round(random_walk(24, 4, start_price=92760.0), 1), spread=0.0)
+    trades.to_feather(src / "BTC_USDT_USDT-5m-futures.feather")
+    marks = [92760.05741135, 92875.4, 92355.0, 92424.41234567]
+    mark = pd.DataFrame({
+        "date": pd.date_range("2025-01-01", periods=4, freq="1h", tz="UTC"), "open": marks,
+        "high": max(marks), "low": min(marks), "close": marks, "volume": 0.0,
+    })  # fmt: skip
+    mark.to_feather(src / "BTC_USDT_USDT-1h-mark.feather")
+    summary = ingest([src], tmp_path / "cat", workers=1, progress=False)
+    store = CatalogStore(tmp_path / "cat")
+    stored = store.read_bars_frame(bar_type_for("BTCUSDT-PERP.BINANCE", "1h", "MARK"))
+    np.testing.assert_allclose(stored["close"], marks, rtol=1e-14)
+    assert store.instrument("BTCUSDT-PERP.BINANCE").price_precision == 1
+    assert [w["values_rounded"] for w in summary.results[0].writes] == [0, 0]
+
+
+def test_values_finer_than_the_catalog_keeps_are_rounded_counted_and_reported(tmp_path, capsys):
+    frame = candles(random_walk(30, 5), spread=0.0)
+    frame.loc[7, "high"] = 200.123456789  # 9 decimals; prices keep at most 8
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ABCUSDT-5m.csv").write_text(frame.to_csv(index=False))
+    assert main(["data", "ingest", str(src), "--catalog", str(tmp_path / "cat"), "--workers", "1"]) == 0
+    (write,) = CatalogStore(tmp_path / "cat").read_manifest()["ingests"][0]["symbols"][0]["writes"]
+    assert (write["key"], write["values_rounded"]) == ("ABCUSDT-PERP.BINANCE-5-MINUTE-LAST-EXTERNAL", 1)
+    assert "warning: ABCUSDT: ABCUSDT-PERP.BINANCE-5-MINUTE-LAST-EXTERNAL: 1 value(s) rounded" in (
+        capsys.readouterr().err
+    )
+
+
+def test_check_reports_the_funding_of_a_symbol_with_no_trade_bars(tmp_path):
+    # The shared data has 1000PEPE's mark prices and funding but no 5m candles, so no instrument.
+    store = CatalogStore(tmp_path / "cat")
+    store.write_funding(instrument_id("PEPEUSDT"), funding_stamped_ms_late(4))
+    row = check_catalog(tmp_path / "cat").set_index("instrument").loc["PEPEUSDT-PERP.BINANCE"]
+    assert (row["kind"], row["rows"], row["gaps"]) == ("funding", 4, 0)
 
 
 def test_generated_markets_go_through_the_same_path(tmp_path):
