@@ -263,10 +263,11 @@ def run_walkforward(cfg: WalkForwardConfig, out: Path, progress: bool = True) ->
     from catalog.store import CatalogStore
 
     t0 = time.perf_counter()
+    # Opened before the report folder is made, so a missing catalog leaves nothing behind.
+    store = CatalogStore(Path(cfg.catalog))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     registry = Path(cfg.registry) if cfg.registry else out / "models"
-    store = CatalogStore(Path(cfg.catalog))
     start, end = resolve_period(store, cfg, select_universe(store, cfg))
     folds = plan_folds(cfg.schedule, start, end)
     _say(

@@ -88,7 +88,7 @@ def ingest(
     groups = group_by_symbol([Path(p) for p in paths])
     if not groups:
         raise FileNotFoundError(f"no supported data files under {', '.join(map(str, paths))}")
-    CatalogStore(catalog_dir)  # create it once, before workers race to
+    CatalogStore(catalog_dir, create=True)  # once, before workers race to
     jobs = [(files, str(catalog_dir), policy, overrides or {}) for files in groups.values()]
     results = []
     bar = tqdm(total=len(jobs), desc="ingest", unit="symbol", disable=not progress)
@@ -221,7 +221,7 @@ def write_generated(
     from catalog.generator import generate_market
 
     market = generate_market(n_symbols, days, seed, start=start, progress=progress)
-    store = CatalogStore(catalog_dir)
+    store = CatalogStore(catalog_dir, create=True)
     results = []
     for symbol in tqdm(market.candles, desc="write catalog", unit="symbol", disable=not progress):
         frames = [

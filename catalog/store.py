@@ -90,12 +90,19 @@ class WriteResult:
 
 @dataclass
 class CatalogStore:
+    """A catalog folder. Only writers pass `create=True`: a reader given a mistyped path must fail, not
+    make an empty catalog there and report it clean."""
+
     path: Path
+    create: bool = False
     catalog: ParquetDataCatalog = field(init=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            raise FileNotFoundError(f"no catalog at {self.path}: no such directory")
         self.catalog = ParquetDataCatalog(str(self.path))
 
     # ---- instruments -------------------------------------------------------------------------------

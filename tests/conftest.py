@@ -56,7 +56,7 @@ def random_walk(n: int, seed: int, start_price: float = 100.0) -> np.ndarray:
 def build_catalog(
     path: Path, frames: dict[str, pd.DataFrame], funding: dict[str, pd.DataFrame] | None = None
 ):
-    store = CatalogStore(path)
+    store = CatalogStore(path, create=True)
     for symbol, frame in frames.items():
         inst = make_instrument(symbol, 4, 3)
         store.write_instrument(inst)

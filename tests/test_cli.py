@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from quantum_trader.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +58,22 @@ def test_a_strategy_module_with_a_syntax_error_exits_2_with_one_line_naming_its_
         "  strategies.0.path: Value error, cannot import module 'qt_cli_broken': "
         f"{tmp_path}/qt_cli_broken.py:1: SyntaxError: '(' was never closed (got 'qt_cli_broken:Broken')",
     ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "check"],
+        ["backtest", ROOT / "configs/backtests/demo_ema_cross.yaml"],
+        ["signals", ROOT / "configs/backtests/demo_ensemble.yaml"],
+        ["train", ROOT / "configs/train/demo.yaml"],
+        ["walkforward", ROOT / "configs/walkforward/demo.yaml"],
+    ],
+    ids=lambda command: command[0] if command[0] != "data" else "data check",
+)
+def test_a_command_that_reads_a_catalog_refuses_a_missing_one_and_creates_nothing(command, tmp_path, capsys):
+    typo = tmp_path / "catlog"
+    out = ["--out", tmp_path / "out"] if command[0] in ("backtest", "train", "walkforward") else []
+    assert main([*map(str, command), "--catalog", str(typo), *map(str, out)]) == 2
+    assert sorted(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err == f"error: no catalog at {typo}: no such directory\n"

@@ -215,7 +215,7 @@ def test_values_finer_than_the_catalog_keeps_are_rounded_counted_and_reported(tm
 
 def test_check_reports_the_funding_of_a_symbol_with_no_trade_bars(tmp_path):
     # The shared data has 1000PEPE's mark prices and funding but no 5m candles, so no instrument.
-    store = CatalogStore(tmp_path / "cat")
+    store = CatalogStore(tmp_path / "cat", create=True)
     store.write_funding(instrument_id("PEPEUSDT"), funding_stamped_ms_late(4))
     row = check_catalog(tmp_path / "cat").set_index("instrument").loc["PEPEUSDT-PERP.BINANCE"]
     assert (row["kind"], row["rows"], row["gaps"]) == ("funding", 4, 0)

@@ -11,7 +11,7 @@ from tests.conftest import candles, random_walk
 
 @pytest.fixture
 def store(tmp_path):
-    return CatalogStore(tmp_path / "cat")
+    return CatalogStore(tmp_path / "cat", create=True)
 
 
 @pytest.fixture
