@@ -190,7 +190,8 @@ def _precision(frame: pd.DataFrame) -> tuple[int, int]:
 
 def _mark_precision(store: CatalogStore, bar_type, frame: pd.DataFrame) -> tuple[int, int]:
     # A mark price is an index average quoted finer than the trade tick (BTC 92760.05741135 on a 0.1 tick);
-    # rounded to that tick it moved by up to 0.1%. So mark bars keep their own precision, never the instrument's.
+    # rounded to that tick it moved by up to 0.14% (PIPPIN). So mark bars keep their own precision, never the
+    # instrument's.
     price, size = _precision(frame)
     stored = store.bar_precision(bar_type)
     return (price, size) if stored is None else (max(price, stored[0]), max(size, stored[1]))

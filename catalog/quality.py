@@ -134,7 +134,7 @@ class QualityReport:
     first: pd.Timestamp | None = None
     last: pd.Timestamp | None = None
     misaligned: int = 0
-    snapped_to_hour: int = 0  # funding times moved onto the hour they were stamped just after
+    snapped_to_hour: int = 0  # funding times moved onto the whole hour they were stamped within a second of
     notes: list[str] = field(default_factory=list)  # what was done, in words, for the CLI
 
     def ok(self) -> bool:
@@ -430,7 +430,9 @@ def _snap_funding_times(cleaner: _Cleaner) -> None:
     if count:
         cleaner.df["date"] = dates.where(~near, hours)
         cleaner.report.snapped_to_hour = count
-        cleaner.report.notes.append(f"moved {count} funding time(s) stamped just after the hour onto it")
+        cleaner.report.notes.append(
+            f"moved {count} funding time(s) stamped within a second of the hour onto it"
+        )
 
 
 def inspect_funding(df: pd.DataFrame, symbol: str, interval: str | None = None) -> QualityReport:

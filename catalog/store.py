@@ -184,7 +184,7 @@ class CatalogStore:
         return self.path / "data" / "funding_rate_update" / str(instrument_id)
 
     def funding_instrument_ids(self) -> list[str]:
-        """Every instrument with funding stored, whether or not it has an instrument or bars."""
+        """Ids of every stored funding series, whether or not the catalog holds the instrument or its bars."""
         root = self.path / "data" / "funding_rate_update"
         return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
 
