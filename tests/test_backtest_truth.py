@@ -289,7 +289,7 @@ def test_a_stop_the_bar_gaps_through_fills_at_the_open(tmp_path):
 
 
 def spot_catalog(tmp_path, closes):
-    store = CatalogStore(tmp_path / "spot")
+    store = CatalogStore(tmp_path / "spot", create=True)
     inst = make_instrument("SPOTUSDT", 4, 3, market="spot")
     store.write_instrument(inst)
     store.write_bars(inst, candles(closes, spread=0.0), bar_type_for(inst.id, "5m"))
