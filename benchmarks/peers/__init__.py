@@ -1,0 +1,1 @@
+"""Helpers of benchmarks/bench_peers.py: the bare Nautilus run and freqtrade as a peer."""
