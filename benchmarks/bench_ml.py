@@ -88,7 +88,7 @@ def bench_inference(registry: Path, splits, symbols: int = 100, repeats: int = 5
     from ml.registry import ModelRegistry
 
     reg = ModelRegistry(registry)
-    models = [reg.load(f"{k}:production")[0] for k in KINDS]
+    models = [reg.load(f"{k}:latest")[0] for k in KINDS]  # the ones just trained, promoted or not
     windows = splits.test.windows(np.arange(symbols), max(m.lookback for m in models))
     per_batch = {}
     for model in models:
@@ -100,8 +100,9 @@ def bench_inference(registry: Path, splits, symbols: int = 100, repeats: int = 5
         print(
             f"inference {model.kind:<9}: {per_batch[model.kind] / symbols * 1e6:8.1f} µs per symbol (batch of {symbols})"
         )
-    # Timing only: unit spreads make every model vote, whatever it learned.
-    ensemble = Ensemble([Member(m.kind, m.kind, m, 1.0, 1.0) for m in models])
+    # Timing only: unit spreads and a passing skill record make every model vote, whatever it learned.
+    passing = {"mse": 0.0, "zero_mse": 1.0, "pred_std": 1.0}
+    ensemble = Ensemble([Member(m.kind, m.kind, m, 1.0, 1.0, skill=passing) for m in models])
     t0 = time.perf_counter()
     for _ in range(repeats):
         ensemble.vote(windows)

@@ -10,7 +10,8 @@ The mapping from forecasts to a decision, calibrated on validation data:
 2. A vote becomes a probability of an up move, p = Phi(vote) (standard normal CDF): a vote of 0 says 0.5,
    a vote one validation spread up says 0.84.
 3. The ensemble's `prob_up` is the weighted mean of those p, weights from config and renormalised over the
-   models that are actually loaded (a model that failed to load is left out, never a crash).
+   models that are actually loaded and usable: a model that failed to load, or that fails ml.skill's rule
+   (constant, or not beating the zero forecast on validation), is left out with a warning, never a crash.
 4. confidence = |2 * prob_up - 1|, in [0, 1]. direction = LONG above 0.5, SHORT below, FLAT when the
    confidence is under `flat_below`. With every model agreeing at one validation spread, confidence is
    0.68; the default entry threshold 0.70 therefore asks for agreement on a forecast in about the top
@@ -26,6 +27,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ml.models.base import ForecastModel
+from ml.skill import verdict
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,11 @@ DIRECTION_NAMES = {LONG: "LONG", FLAT: "FLAT", SHORT: "SHORT"}
 
 
 class EnsembleError(RuntimeError):
-    """No model could be loaded: the ensemble refuses to start."""
+    """No usable model: the ensemble refuses to start."""
+
+    def __init__(self, message: str, missing: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = dict(missing or {})  # kind -> why it was left out
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Member:
     weight: float
     pred_std: float  # spread of this model's validation forecasts
     pred_mean: float = 0.0  # their mean
+    skill: dict | None = None  # ml.skill.assess() of its validation forecasts; None never votes
 
 
 @dataclass
@@ -66,14 +73,14 @@ class Ensemble:
     flat_below: float = 0.0
 
     def __post_init__(self) -> None:
-        for m in [m for m in self.members if not m.pred_std > 0]:
-            # A constant forecast (a net that never beat the zero forecast on validation and so predicts 0)
-            # carries no information; counting it as a neutral vote would only dilute the others.
-            self.missing[m.kind] = f"{m.model_id}: constant forecast on validation (it learned nothing)"
-            self.members.remove(m)
+        for m in list(self.members):
+            found = verdict(m.skill)
+            if not found.usable:  # its vote would be noise (or a drift) diluting, or outvoting, the others
+                self.missing[m.kind] = f"{m.model_id}: {found}"
+                self.members.remove(m)
         if not self.members:
             reasons = "; ".join(f"{k}: {why}" for k, why in self.missing.items()) or "none configured"
-            raise EnsembleError(f"no model could be loaded, refusing to start ({reasons})")
+            raise EnsembleError(f"no usable model, refusing to start ({reasons})", self.missing)
         total = sum(m.weight for m in self.members)
         if total <= 0:
             raise EnsembleError("ensemble weights of the loaded models sum to zero")
@@ -130,7 +137,8 @@ def load_ensemble(
 ) -> Ensemble:
     """Load each referenced model (`kind:production` or a version id) from the registry.
 
-    A model that is missing or fails its checks is left out with the reason; the rest are renormalised.
+    A model that is missing, fails its checks or fails ml.skill's rule is left out with the reason; the rest
+    are renormalised.
     """
     from ml.registry import ModelRegistry
 
@@ -157,6 +165,7 @@ def load_ensemble(
                 weight,
                 float(training.get("pred_std", 0.0)),
                 float(training.get("pred_mean", 0.0)),
+                record.meta.get("skill"),
             )
         )
     return Ensemble(members, missing, flat_below)

@@ -12,6 +12,8 @@ registry.json is replaced whole, so a crash never leaves a half-written version 
 
 Loading refuses a version whose files no longer match their recorded sha256, or whose feature set differs
 from the one this build computes: a model fed features it was not trained on fails silently otherwise.
+Promoting (or rolling back to) a version also needs its recorded validation `skill` to pass ml.skill's
+rule; a refusal is appended to the history with its reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, FEATURE_VERSION
 from ml.models.base import FitReport, ForecastModel, ModelLoadError
+from ml.skill import verdict
 from quantum_trader.jsonable import jsonable
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,10 @@ MODEL_LIBRARIES = {"xgboost": "xgboost", "lightgbm": "lightgbm", "nhits": "torch
 
 class RegistryError(ValueError):
     """A lookup or alias operation that cannot be done: no registry, unknown id, kind or alias."""
+
+
+class ModelRejected(RegistryError):
+    """A version that may not become production: it failed ml.skill's rule on validation."""
 
 
 @dataclass
@@ -100,9 +107,19 @@ class ModelRegistry:
     # --- versions -------------------------------------------------------------------------------------
 
     def register(
-        self, model: ForecastModel, *, metrics: dict, data: dict, label: dict, training: dict
+        self,
+        model: ForecastModel,
+        *,
+        metrics: dict,
+        data: dict,
+        label: dict,
+        training: dict,
+        skill: dict | None = None,
     ) -> ModelRecord:
-        """Save `model` as a new immutable version and record it; it is not promoted."""
+        """Save `model` as a new immutable version and record it; it is not promoted.
+
+        `skill` is ml.skill.assess() of its validation forecasts: without it the version can never be
+        promoted nor vote."""
         kind = model.kind
         kind_dir = self.root / kind
         kind_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +144,7 @@ class ModelRegistry:
                 "params": model.params(),
                 "versions": _library_versions(kind),
                 "training": training,
+                "skill": skill,
                 "files": files,
                 "checksum": checksum,
             }
@@ -207,8 +225,8 @@ class ModelRegistry:
         return self._read_registry()["production"].get(kind)
 
     def promote(self, id_or_alias: str) -> ModelRecord:
-        """Point `<kind>:production` at this version (which must verify)."""
-        record = self.verify(id_or_alias)
+        """Point `<kind>:production` at this version (which must verify and pass ml.skill's rule)."""
+        record = self._usable(self.verify(id_or_alias), "promote")
         previous = self.production(record.kind)
         self._record("promote", record.kind, record.id, previous, production=record.id)
         record.production = True
@@ -234,7 +252,7 @@ class ModelRegistry:
         earlier = [i for i in reversed(stack[:-1]) if i is not None and i != current]
         if not earlier:
             raise RegistryError(f"no earlier production {kind} model to roll back to (current: {current})")
-        record = self.verify(earlier[0])
+        record = self._usable(self.verify(earlier[0]), "rollback")
         self._record("rollback", kind, record.id, current, production=record.id)
         record.production = True
         return record
@@ -244,6 +262,17 @@ class ModelRegistry:
         return [e for e in events if kind is None or e["kind"] == kind]
 
     # --- internals ------------------------------------------------------------------------------------
+
+    def _usable(self, record: ModelRecord, action: str) -> ModelRecord:
+        """The record, if it may become production; else the refusal is recorded and raised."""
+        found = verdict(record.meta.get("skill"))
+        if found.usable:
+            return record
+        current = self.production(record.kind)
+        self._record(f"refuse_{action}", record.kind, record.id, current, reason=str(found))
+        raise ModelRejected(
+            f"{record.id} is not made production: {found}; {record.kind}:production stays {current or 'unset'}"
+        )
 
     def _require_root(self) -> None:
         if not self.root.is_dir():
@@ -306,7 +335,13 @@ class ModelRegistry:
         return state
 
     def _record(
-        self, action: str, kind: str, version_id: str | None, previous: str | None, production=_UNCHANGED
+        self,
+        action: str,
+        kind: str,
+        version_id: str | None,
+        previous: str | None,
+        production=_UNCHANGED,
+        **details,
     ) -> None:
         """Append an event to the history and, unless `production` is left out, set the alias."""
         state = self._read_registry()
@@ -316,7 +351,7 @@ class ModelRegistry:
             else:
                 state["production"][kind] = production
         event = {"ts": datetime.now(UTC).isoformat(), "action": action, "kind": kind, "id": version_id}
-        state["history"].append({**event, "previous": previous})
+        state["history"].append({**event, "previous": previous, **details})
         _write_atomic(self.root / REGISTRY_FILE, json.dumps(state, indent=2))
 
 
@@ -378,6 +413,7 @@ def _write_synced(path: Path, text: str) -> None:
 __all__ = [
     "MODEL_CLASSES",
     "ModelRecord",
+    "ModelRejected",
     "ModelRegistry",
     "RegistryError",
     "model_class",

@@ -3,6 +3,9 @@
 Every metric sits beside the naive baselines (zero return, last return) on validation and test; a metric
 too good to be true stops the run as suspected leakage. The report folder holds metrics.csv/json,
 predictions.png (predicted vs realised, IC by symbol) and the registry ids of the new models.
+
+Every model is registered with ml.skill's verdict on its validation forecasts; one that fails the rule
+(constant, or not beating the zero forecast) is neither promoted nor counted in the ensemble's metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ml.dataset import SplitConfig, Splits, WindowSet, load_symbol_bars, pool, s
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, Member
 from ml.metrics import baselines, check_leakage, ic_by_symbol, metrics_table, regression_metrics
 from ml.models.base import ForecastModel
+from ml.skill import assess
 from quantum_trader.config import ConfigError, StrictModel, load_config
 
 KINDS = ("xgboost", "lightgbm", "nhits", "patchtst")
@@ -68,6 +72,8 @@ class TrainResult:
     splits: Splits | None = None
     out: Path | None = None
     ensemble_missing: dict[str, str] = field(default_factory=dict)  # kind -> why it does not vote
+    skill: dict[str, dict] = field(default_factory=dict)  # kind -> ml.skill.assess() on validation
+    not_promoted: dict[str, str] = field(default_factory=dict)  # kind -> why promote was refused
 
 
 def load_train_config(path) -> TrainConfig:
@@ -163,6 +169,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
         result.metrics[kind] = evaluate(kind, preds[kind], splits)
         pred_std = float(np.std(preds[kind]["validation"]))
         pred_mean = float(np.mean(preds[kind]["validation"]))
+        result.skill[kind] = skill = assess(preds[kind]["validation"], splits.validation.labels)
         record = registry.register(
             model,
             metrics=result.metrics[kind],
@@ -181,19 +188,23 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
                 "val_loss": report.val_loss,
                 "seed": cfg.seed,
             },
+            skill=skill,
         )
         result.model_ids[kind] = record.id
-        if cfg.promote:
-            registry.promote(record.id)
-        members.append(Member(kind, record.id, model, cfg.weights.get(kind, 0.0), pred_std, pred_mean))
+        weight = cfg.weights.get(kind, 0.0)
+        members.append(Member(kind, record.id, model, weight, pred_std, pred_mean, skill))
         _say(
             progress,
-            f"{kind}: registered {record.id} ({report.seconds:.1f} s, best at {report.best_iteration})",
+            f"{kind}: registered {record.id} ({report.seconds:.1f} s, best at {report.best_iteration}; "
+            f"{skill['status']})",
         )
+        if cfg.promote:
+            _promote(registry, record.id, kind, result, progress)
     try:
         ensemble = Ensemble([m for m in members if m.weight > 0])
-    except EnsembleError as err:  # every model predicts a constant: nothing to combine, nothing to trade
+    except EnsembleError as err:  # no model passed ml.skill's rule: nothing to combine, nothing to trade
         _say(progress, f"ensemble: not evaluated ({err})")
+        result.ensemble_missing = err.missing
     else:
         preds["ensemble"] = {
             s: ensemble.combine(np.column_stack([preds[m.kind][s] for m in ensemble.members])).forecast
@@ -204,6 +215,16 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
     result.metrics |= baseline_metrics(splits)
     write_train_report(cfg, result, preds, data, out, time.perf_counter() - t0)
     return result
+
+
+def _promote(registry, model_id: str, kind: str, result: TrainResult, progress: bool) -> None:
+    from ml.registry import ModelRejected
+
+    try:
+        registry.promote(model_id)
+    except ModelRejected as err:  # the registry recorded the refusal in its history
+        result.not_promoted[kind] = str(err)
+        _say(progress, f"{kind}: not promoted: {err}")
 
 
 def _fit(model: ForecastModel, kind: str, splits: Splits, progress: bool):
@@ -247,6 +268,8 @@ def write_train_report(
         "name": cfg.name,
         "model_ids": result.model_ids,
         "promoted": cfg.promote,
+        "not_promoted": result.not_promoted,
+        "skill": {kind: {k: v[k] for k in ("status", "reason")} for kind, v in result.skill.items()},
         "data": data,
         "metrics": result.metrics,
         "ensemble_missing": result.ensemble_missing,

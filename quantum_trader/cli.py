@@ -218,7 +218,12 @@ def cmd_train(args) -> int:
     out = _report_folder(args, f"train-{cfg.name}")
     result = train(cfg, out, progress=not args.no_progress)
     print(format_metrics(result))
-    print(f"models: {result.model_ids}" + (" (promoted to production)" if cfg.promote else ""))
+    print(f"models: {result.model_ids}")
+    promoted = [kind for kind in result.model_ids if kind not in result.not_promoted]
+    if cfg.promote and promoted:
+        print(f"promoted to production: {', '.join(promoted)}")
+    for why in result.not_promoted.values():
+        print(f"not promoted: {why}")
     print(f"report: {out}/ (metrics.csv, metrics.json, predictions.png)")
     return 0
 

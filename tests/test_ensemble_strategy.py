@@ -1,4 +1,5 @@
-"""EnsembleStrategy: batched online scoring, Signal events, degraded ensembles, replay of batch signals."""
+"""EnsembleStrategy: batched online scoring, Signal events, degraded ensembles, replay of batch signals; models
+that learned nothing are neither promoted nor allowed to vote."""
 
 import shutil
 
@@ -14,15 +15,16 @@ from backtests.runner import run_backtest
 from catalog.instruments import instrument_id
 from catalog.store import CatalogStore
 from ml.dataset import SymbolBars, full_windows, load_symbol_bars
-from ml.ensemble import Ensemble, EnsembleError, Member, load_ensemble
+from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, Member, load_ensemble
 from ml.features import compute_features
 from ml.models.base import ForecastModel
+from ml.registry import ModelRegistry
 from ml.research import batch_signals, read_signal_table, write_signals
 from ml.train import TrainConfig, train
 from quantum_trader.cli import main as cli_main
 from quantum_trader.config import ConfigError
 from quantum_trader.events import Signal
-from tests.conftest import build_catalog, candles, random_walk
+from tests.conftest import build_catalog, candles, random_walk, reverting_walk
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
 TINY_MODELS = {
@@ -35,9 +37,10 @@ TINY_MODELS = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 3-symbol catalog and all four models trained on it, registered and promoted."""
+    """A 3-symbol catalog and all four models trained on it (each beats the zero forecast on validation),
+    registered and promoted."""
     root = tmp_path_factory.mktemp("ensemble")
-    frames = {s: candles(random_walk(1400, seed=10 + i)) for i, s in enumerate(SYMBOLS)}
+    frames = {s: candles(reverting_walk(1400, seed=10 + i)) for i, s in enumerate(SYMBOLS)}
     build_catalog(root / "catalog", frames)
     cfg = TrainConfig.model_validate(
         {
@@ -82,8 +85,12 @@ def online(trained):
 
 
 def test_training_registers_and_promotes_every_model(trained):
-    _, result = trained
+    root, result = trained
     assert set(result.model_ids) == {"xgboost", "lightgbm", "nhits", "patchtst"}
+    assert ModelRegistry(root / "models")._read_registry()["production"] == result.model_ids
+    statuses = {kind: skill["status"] for kind, skill in result.skill.items()}
+    assert statuses == dict.fromkeys(TINY_MODELS, "healthy")
+    assert result.not_promoted == {} and result.ensemble_missing == {}
     assert set(result.metrics) >= {"xgboost", "ensemble", "zero", "last"}
     assert (trained[0] / "train" / "predictions.png").stat().st_size > 10_000
 
@@ -222,7 +229,82 @@ def test_a_model_that_fails_to_load_leaves_the_rest_renormalised(trained, tmp_pa
 def test_no_loadable_model_refuses_to_start(trained, tmp_path):
     cfg = backtest_config(trained[0])
     cfg["strategies"][0]["config"]["registry"] = str(tmp_path / "empty")
-    with pytest.raises((EnsembleError, ConfigError), match="no model could be loaded"):
+    with pytest.raises((EnsembleError, ConfigError), match="no usable model, refusing to start"):
+        run(cfg)
+
+
+def rally_then_fall(n: int, seed: int, turn: int) -> np.ndarray:
+    """+0.05% a bar up to bar `turn`, -0.05% after it, plus noise: what training learns is wrong afterwards."""
+    rng = np.random.default_rng(seed)
+    drift = np.where(np.arange(n) < turn, 0.0005, -0.0005)
+    return np.round(100 * np.exp(np.cumsum(drift + rng.normal(0, 0.001, n))), 4)
+
+
+@pytest.fixture(scope="module")
+def learned_nothing(trained, tmp_path_factory):
+    """`qt train` (promote: true) into a copy of the trained registry, on a market that turns down where
+    validation starts: its XGBoost carries the rally (worse than the zero forecast on validation) and its
+    LightGBM, allowed no split, forecasts a constant."""
+    root = tmp_path_factory.mktemp("learned-nothing")
+    shutil.copytree(trained[0] / "models", root / "models")
+    frames = {s: candles(rally_then_fall(1400, seed=30 + i, turn=1100)) for i, s in enumerate(SYMBOLS)}
+    build_catalog(root / "catalog", frames)
+    models = {
+        "xgboost": {"params": {"n_estimators": 30}},
+        "lightgbm": {"params": {"n_estimators": 30, "min_data_in_leaf": 1_000_000}},
+    }
+    cfg = TrainConfig.model_validate(
+        {
+            "catalog": str(root / "catalog"),
+            "universe": {"select": "all"},
+            "dataset": {"max_train_rows": 2000, "max_eval_rows": 500},
+            "models": models,
+            "registry": str(root / "models"),
+        }
+    )
+    return root, train(cfg, root / "train", progress=False)
+
+
+def test_training_registers_but_never_promotes_a_model_that_learned_nothing(trained, learned_nothing):
+    root, result = learned_nothing
+    registry = ModelRegistry(root / "models")
+    assert registry._read_registry()["production"] == trained[1].model_ids  # the earlier models stay
+    skill = result.skill
+    assert skill["xgboost"]["status"] == "no-skill" and skill["xgboost"]["pred_std"] > 1e-4
+    assert skill["xgboost"]["mse"] > 2 * skill["xgboost"]["zero_mse"]
+    assert skill["lightgbm"]["status"] == "constant" and skill["lightgbm"]["pred_std"] < 1e-8
+    for kind, model_id in result.model_ids.items():
+        reason = f"{skill[kind]['status']} ({skill[kind]['reason']})"
+        assert registry.show(model_id)["skill"] == skill[kind]
+        assert result.not_promoted[kind] == (
+            f"{model_id} is not made production: {reason}; {kind}:production stays {trained[1].model_ids[kind]}"
+        )
+        events = [(e["action"], e.get("reason")) for e in registry.history(kind) if e["id"] == model_id]
+        assert events == [("register", None), ("refuse_promote", reason)]
+        assert result.ensemble_missing[kind] == f"{model_id}: {reason}"
+    assert "ensemble" not in result.metrics  # nothing left to combine
+
+
+def test_a_model_worse_than_the_zero_forecast_is_left_out_of_the_vote(learned_nothing, caplog):
+    root, result = learned_nothing
+    worse = result.model_ids["xgboost"]
+    refs = [worse, "lightgbm:production", "nhits:production", "patchtst:production"]
+    ensemble = load_ensemble(str(root / "models"), refs, dict(DEFAULT_WEIGHTS))
+    assert ensemble.kinds == ["lightgbm", "nhits", "patchtst"]
+    assert ensemble.missing == {"xgboost": f"{worse}: no-skill ({result.skill['xgboost']['reason']})"}
+    np.testing.assert_allclose(ensemble.weights, np.array([0.25, 0.30, 0.20]) / 0.75)
+    assert "reduced model count: 3 of 4 models" in caplog.text
+
+
+def test_with_no_usable_model_the_strategy_refuses_to_start(trained, learned_nothing):
+    root, result = learned_nothing
+    cfg = backtest_config(trained[0], models=list(result.model_ids.values()))
+    cfg["strategies"][0]["config"]["registry"] = str(root / "models")
+    message = (
+        r"no usable model, refusing to start \(xgboost: xgboost-\S+: no-skill \(validation MSE .*\); "
+        r"lightgbm: lightgbm-\S+: constant \(validation forecast std .* <= 1e-08: it learned nothing\)\)"
+    )
+    with pytest.raises((EnsembleError, ConfigError), match=message):
         run(cfg)
 
 
@@ -254,7 +336,8 @@ def test_a_batch_sensitive_model_gets_the_strategys_batches_in_the_research_path
         for s, f in zip(SYMBOLS, frames, strict=True)
     ]
     model = ShapeSensitiveModel()
-    ensemble = Ensemble([Member("nhits", "nhits-test", model, 1.0, pred_std=0.01)])
+    skill = {"mse": 1.0e-4, "zero_mse": 1.1e-4, "pred_std": 0.01}  # a model that beat the zero forecast
+    ensemble = Ensemble([Member("nhits", "nhits-test", model, 1.0, pred_std=0.01, skill=skill)])
     ids = [instrument_id(s) for s in SYMBOLS]
     signals = batch_signals(ensemble, bars, ids)
 

@@ -28,8 +28,12 @@ class Fixed(ForecastModel):
         return cls()
 
 
-def member(kind: str, weight: float, pred_std: float = 0.01, pred_mean: float = 0.0) -> Member:
-    return Member(kind, f"{kind}-1", Fixed(), weight, pred_std, pred_mean)
+def member(
+    kind: str, weight: float, pred_std: float = 0.01, pred_mean: float = 0.0, val_mse: float = 1.0e-4
+) -> Member:
+    """A model whose validation record has the zero forecast at MSE 1.2e-4: below that it has skill."""
+    skill = {"mse": val_mse, "zero_mse": 1.2e-4, "pred_std": pred_std}
+    return Member(kind, f"{kind}-1", Fixed(), weight, pred_std, pred_mean, skill)
 
 
 def windows(*values: float) -> np.ndarray:
@@ -54,13 +58,37 @@ def test_votes_are_centred_on_each_models_validation_mean():
 def test_a_constant_forecaster_is_left_out_and_the_weights_renormalised():
     ens = Ensemble([member("a", 0.25), member("dead", 0.30, pred_std=0.0), member("b", 0.20)])
     assert ens.kinds == ["a", "b"]
-    assert "constant forecast" in ens.missing["dead"]
+    assert ens.missing["dead"].startswith("dead-1: constant (validation forecast std 0 <= 1e-08")
     np.testing.assert_allclose(ens.weights, [0.25 / 0.45, 0.20 / 0.45])
 
 
+def test_a_spread_of_float_noise_is_constant_too():
+    # 8.7e-19 is what a LightGBM that never split spreads: as a vote's scale it would blow noise up to +-4
+    ens = Ensemble([member("a", 0.5), member("flat", 0.5, pred_std=8.7e-19)])
+    assert ens.kinds == ["a"] and ens.missing["flat"].startswith("flat-1: constant")
+
+
+def test_a_model_worse_than_the_zero_forecast_on_validation_is_left_out_though_its_forecasts_vary(caplog):
+    ens = Ensemble([member("a", 0.25), member("drift", 0.25, val_mse=1.3e-4), member("b", 0.50)])
+    assert ens.kinds == ["a", "b"]
+    assert ens.missing["drift"] == (
+        "drift-1: no-skill (validation MSE 0.00013 is not below the zero forecast's 0.00012)"
+    )
+    np.testing.assert_allclose(ens.weights, [1 / 3, 2 / 3])
+    assert "reduced model count: 2 of 3 models" in caplog.text
+
+
+def test_a_model_with_no_validation_record_never_votes():
+    ens = Ensemble([member("a", 0.5), Member("old", "old-1", Fixed(), 0.5, 0.01)])
+    why = "no validation record of skill was registered with it; retrain it"
+    assert ens.missing == {"old": f"old-1: no-skill ({why})"}
+
+
 def test_no_model_left_refuses_with_the_reasons():
-    with pytest.raises(EnsembleError, match="no model could be loaded.*dead"):
+    refusal = r"no usable model, refusing to start \(dead: dead-1: constant"
+    with pytest.raises(EnsembleError, match=refusal) as err:
         Ensemble([member("dead", 1.0, pred_std=0.0)])
+    assert list(err.value.missing) == ["dead"]
 
 
 def test_flat_below_turns_weak_votes_flat():

@@ -1,5 +1,6 @@
 """The model registry: versions load back exactly, tampering and feature drift are refused, aliases move
-only by promote / demote / rollback and every move is in the history; and the `qt models` commands."""
+only by promote / demote / rollback and every move is in the history, a model that learned nothing never
+becomes production; and the `qt models` commands."""
 
 import argparse
 import json
@@ -11,23 +12,40 @@ import pytest
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH
 from ml.models.base import ModelLoadError
 from ml.models.gbdt import LightGBMModel, XGBoostModel
-from ml.registry import ModelRegistry, RegistryError, training_info
+from ml.registry import ModelRegistry, ModelRejected, RegistryError, training_info
+from ml.skill import assess
 from quantum_trader.cli_models import add_models_commands
-from tests.test_gbdt_models import FAST, newest_rows_as_windows, planted, pooled_market, split
+from tests.test_gbdt_models import FAST, newest_rows_as_windows, planted, pooled_market, split, with_labels
 
 LABEL = {"kind": "forward_log_return", "horizon": 12, "interval": "5m"}
 DATA = {"symbols": ["S0", "S1"], "start": "2025-01-01", "end": "2025-01-11"}
 
 
+def fit(cls, train, val):
+    """A fitted model, its report and ml.skill's record of its validation forecasts."""
+    model = cls(**FAST)
+    report = model.fit(train, val)
+    return model, report, assess(model.predict(newest_rows_as_windows(val)), val.labels)
+
+
 @pytest.fixture(scope="module")
 def trained(market):
-    """One fitted model of each GBDT kind, with its report and validation windows."""
+    """One fitted model of each GBDT kind (on a planted signal: both have skill), and validation windows."""
     train, val = split(planted(market))
-    out = {}
-    for cls in (XGBoostModel, LightGBMModel):
-        model = cls(**FAST)
-        out[cls.kind] = (model, model.fit(train, val))
-    return out, newest_rows_as_windows(val)
+    models = {cls.kind: fit(cls, train, val) for cls in (XGBoostModel, LightGBMModel)}
+    return models, newest_rows_as_windows(val)
+
+
+@pytest.fixture(scope="module")
+def learned_nothing(market):
+    """XGBoost fits that fail the rule: `constant` (a constant target) and `no_skill` (a training drift of
+    +0.003 that validation does not have, so its forecasts lose to the zero forecast)."""
+    train, val = split(market)
+    rng = np.random.default_rng(5)
+    constant = fit(XGBoostModel, *(with_labels(ws, np.full(len(ws), 0.001)) for ws in (train, val)))
+    drift = with_labels(train, 0.003 + rng.normal(0, 0.002, len(train)))
+    no_skill = fit(XGBoostModel, drift, with_labels(val, rng.normal(0, 0.002, len(val))))
+    return {"constant": constant, "no_skill": no_skill}
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +53,11 @@ def market():
     return pooled_market()
 
 
-def register(reg: ModelRegistry, model, report, rank_ic: float = 0.05):
+def register(reg: ModelRegistry, model, report, skill=None, rank_ic: float = 0.05):
     metrics = {"test": {"rank_ic": rank_ic, "directional_accuracy": 0.52}, "val": {"mse": 1e-6}}
-    return reg.register(model, metrics=metrics, data=DATA, label=LABEL, training=training_info(report))
+    return reg.register(
+        model, metrics=metrics, data=DATA, label=LABEL, training=training_info(report), skill=skill
+    )
 
 
 @pytest.fixture
@@ -48,14 +68,14 @@ def reg(tmp_path):
 @pytest.fixture
 def three_xgb(reg, trained):
     """Three registered versions of the same xgboost model (ids differ by the -2/-3 suffix or time)."""
-    (model, report), _ = trained[0]["xgboost"], trained[1]
-    return [register(reg, model, report, rank_ic=0.01 * i).id for i in range(3)]
+    model, report, skill = trained[0]["xgboost"]
+    return [register(reg, model, report, skill, rank_ic=0.01 * i).id for i in range(3)]
 
 
 def test_register_then_load_gives_identical_predictions_and_full_metadata(reg, trained):
     models, windows = trained
-    for kind, (model, report) in models.items():
-        record = register(reg, model, report)
+    for kind, (model, report, skill) in models.items():
+        record = register(reg, model, report, skill)
         assert re.fullmatch(rf"{kind}-\d{{8}}T\d{{6}}-[0-9a-f]{{8}}", record.id)
         assert record.path == reg.root / kind / record.id and not record.production
         loaded, loaded_record = reg.load(record.id)
@@ -65,6 +85,7 @@ def test_register_then_load_gives_identical_predictions_and_full_metadata(reg, t
         assert meta["label"] == LABEL and meta["data"] == DATA and meta["params"] == model.params()
         assert meta["versions"][kind] and meta["versions"]["numpy"] == np.__version__
         assert meta["training"]["best_iteration"] == report.best_iteration
+        assert meta["skill"] == skill and skill["status"] == "healthy" and skill["mse"] < skill["zero_mse"]
         assert set(meta["files"]) == {model.MODEL_FILE, "model.json"}
         assert meta["checksum"].startswith(record.id[-8:])
         assert meta["created_at"].endswith("+00:00")
@@ -72,8 +93,8 @@ def test_register_then_load_gives_identical_predictions_and_full_metadata(reg, t
 
 
 def test_a_changed_byte_in_a_model_file_is_refused(reg, trained):
-    model, report = trained[0]["lightgbm"]
-    record = register(reg, model, report)
+    model, report, skill = trained[0]["lightgbm"]
+    record = register(reg, model, report, skill)
     path = record.path / "model.txt"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -84,8 +105,8 @@ def test_a_changed_byte_in_a_model_file_is_refused(reg, trained):
 
 
 def test_a_model_trained_on_another_feature_set_is_refused(reg, trained):
-    model, report = trained[0]["xgboost"]
-    record = register(reg, model, report)
+    model, report, skill = trained[0]["xgboost"]
+    record = register(reg, model, report, skill)
     meta_path = record.path / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["feature_hash"] = "abc123"
@@ -97,7 +118,7 @@ def test_a_model_trained_on_another_feature_set_is_refused(reg, trained):
 
 
 def test_a_failed_save_leaves_no_version_behind(reg, trained):
-    model, report = trained[0]["xgboost"]
+    model, report, _ = trained[0]["xgboost"]
 
     class Crashing(XGBoostModel):
         def save(self, directory):
@@ -148,8 +169,7 @@ def test_rollback_without_an_earlier_production_model_is_an_error(reg, three_xgb
 
 
 def test_list_is_newest_first_and_flags_production(reg, three_xgb, trained):
-    lgb_model, lgb_report = trained[0]["lightgbm"]
-    lgb_id = register(reg, lgb_model, lgb_report).id
+    lgb_id = register(reg, *trained[0]["lightgbm"]).id
     reg.promote(three_xgb[1])
     records = reg.list()
     assert [r.id for r in records] == [lgb_id, *reversed(three_xgb)]
@@ -157,6 +177,60 @@ def test_list_is_newest_first_and_flags_production(reg, three_xgb, trained):
     assert [r.id for r in reg.list("xgboost")] == list(reversed(three_xgb))
     assert reg.get("xgboost:latest").id == three_xgb[2]
     assert reg.show(lgb_id)["kind"] == "lightgbm"
+
+
+def promoted_before_the_rule(reg: ModelRegistry, record) -> None:
+    """Make `record` production the way the registry did before ml.skill's rule: without looking."""
+    path = reg.root / "registry.json"
+    state = json.loads(path.read_text())
+    state["production"][record.kind] = record.id
+    event = {"ts": "2026-01-01T00:00:00+00:00", "action": "promote", "kind": record.kind, "id": record.id}
+    state["history"].append(event | {"previous": None})
+    path.write_text(json.dumps(state))
+
+
+def test_a_model_that_learned_nothing_is_never_promoted_and_the_refusal_is_recorded(
+    reg, three_xgb, learned_nothing
+):
+    production = reg.promote(three_xgb[0]).id
+    constant = register(reg, *learned_nothing["constant"]).id
+    no_skill = register(reg, *learned_nothing["no_skill"]).id
+    skill = learned_nothing["no_skill"][2]
+    assert skill["pred_std"] > 1e-4  # its forecasts vary: only their score against zero rules it out
+    reasons = {
+        constant: "constant (validation forecast std 0 <= 1e-08: it learned nothing)",
+        no_skill: f"no-skill (validation MSE {skill['mse']:.6g} is not below the zero forecast's "
+        f"{skill['zero_mse']:.6g})",
+    }
+    for version, reason in reasons.items():
+        with pytest.raises(ModelRejected) as refused:
+            reg.promote(version)
+        assert str(refused.value) == (
+            f"{version} is not made production: {reason}; xgboost:production stays {production}"
+        )
+    assert reg.production("xgboost") == production
+    refusals = [(e["action"], e["id"], e["previous"], e["reason"]) for e in reg.history()[-2:]]
+    assert refusals == [("refuse_promote", v, production, why) for v, why in reasons.items()]
+    assert reg.show(no_skill)["skill"]["status"] == "no-skill"
+
+
+def test_a_version_registered_without_a_skill_record_is_never_promoted(reg, trained):
+    model, report, _ = trained[0]["xgboost"]
+    legacy = register(reg, model, report).id
+    with pytest.raises(ModelRejected, match=r"no-skill \(no validation record of skill was registered"):
+        reg.promote(legacy)
+    assert reg.production("xgboost") is None
+
+
+def test_rollback_never_restores_a_model_that_learned_nothing(reg, trained, learned_nothing):
+    constant = register(reg, *learned_nothing["constant"])
+    promoted_before_the_rule(reg, constant)
+    good = reg.promote(register(reg, *trained[0]["xgboost"]).id).id
+    with pytest.raises(ModelRejected, match=f"{constant.id} is not made production: constant"):
+        reg.rollback("xgboost")
+    assert reg.production("xgboost") == good
+    last = reg.history()[-1]
+    assert (last["action"], last["id"], last["previous"]) == ("refuse_rollback", constant.id, good)
 
 
 def test_unknown_names_are_errors_that_say_what_is_known(reg, three_xgb, tmp_path):

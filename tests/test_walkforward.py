@@ -12,7 +12,7 @@ from backtests.walkforward import ScheduleConfig, WalkForwardConfig, plan_folds,
 from ml.registry import ModelRegistry
 from quantum_trader.cli import main
 from quantum_trader.config import ConfigError, parse_config
-from tests.conftest import build_catalog, candles, random_walk
+from tests.conftest import build_catalog, candles, reverting_walk
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
 BARS_PER_DAY = 288
@@ -41,7 +41,8 @@ def wf_config(root) -> dict:
 def catalog_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("walkforward")
     days = TRAIN_DAYS + 2 * STEP_DAYS  # two folds
-    frames = {s: candles(random_walk(days * BARS_PER_DAY, seed=20 + i)) for i, s in enumerate(SYMBOLS)}
+    # a market the tiny trees can forecast, so every fold's models beat the zero forecast and vote
+    frames = {s: candles(reverting_walk(days * BARS_PER_DAY, seed=20 + i)) for i, s in enumerate(SYMBOLS)}
     build_catalog(root / "catalog", frames)
     return root
 
