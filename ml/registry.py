@@ -13,7 +13,8 @@ registry.json is replaced whole, so a crash never leaves a half-written version 
 Loading refuses a version whose files no longer match their recorded sha256, or whose feature set differs
 from the one this build computes: a model fed features it was not trained on fails silently otherwise.
 Promoting (or rolling back to) a version also needs its recorded validation `skill` to pass ml.skill's
-rule; a refusal is appended to the history with its reason.
+rule; a refusal is appended to the history with its reason. `status` says what `qt models` shows:
+healthy, missing, corrupt, constant or no-skill.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, FEATURE_VERSION
 from ml.models.base import FitReport, ForecastModel, ModelLoadError
-from ml.skill import verdict
+from ml.skill import Verdict, verdict
 from quantum_trader.jsonable import jsonable
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class ModelRejected(RegistryError):
     """A version that may not become production: it failed ml.skill's rule on validation."""
 
 
+MISSING, CORRUPT = "missing", "corrupt"  # the statuses of versions whose files cannot be trusted
+
+
 @dataclass
 class ModelRecord:
     id: str
@@ -73,6 +77,7 @@ class ModelRecord:
     path: Path
     meta: dict
     production: bool = False
+    unreadable: str | None = None  # why meta.json could not be read; list() still shows the version
 
 
 def model_class(kind: str) -> type[ForecastModel]:
@@ -172,8 +177,12 @@ class ModelRegistry:
                     continue
                 try:
                     records.append(self._record_at(version_dir, production))
-                except ModelLoadError as err:
-                    log.warning("skipping %s: %s", version_dir, err)
+                except ModelLoadError as err:  # listed, so `qt models list` can flag it as corrupt
+                    log.warning("%s: %s", version_dir, err)
+                    is_production = production.get(kind_dir.name) == version_dir.name
+                    records.append(
+                        ModelRecord(version_dir.name, kind_dir.name, version_dir, {}, is_production, str(err))
+                    )
         return sorted(records, key=lambda r: (r.meta.get("created_at", ""), r.id), reverse=True)
 
     def get(self, id_or_alias: str) -> ModelRecord:
@@ -195,24 +204,14 @@ class ModelRegistry:
     def verify(self, id_or_alias: str) -> ModelRecord:
         """The record, once every file matches its sha256 and the feature set matches this build's."""
         record = self.get(id_or_alias)
-        meta = record.meta
-        files = meta.get("files") or {}
-        if not files or _checksum(files) != meta.get("checksum"):
-            raise ModelLoadError(f"meta.json of {record.id}: its file list does not match its checksum")
-        for name, expected in files.items():
-            path = record.path / name
-            if not path.is_file():
-                raise ModelLoadError(f"{name} missing from {record.id} ({record.path})")
-            if _sha256(path) != expected:
-                raise ModelLoadError(
-                    f"checksum mismatch for {name} in {record.id}: the file was changed after registration"
-                )
-        if meta.get("feature_hash") != FEATURE_SET_HASH:
-            raise ModelLoadError(
-                f"feature set mismatch: model {record.id} was trained on feature hash "
-                f"{meta.get('feature_hash')}, this build computes {FEATURE_SET_HASH}; retrain"
-            )
+        problem = _file_problem(record)
+        if problem is not None:
+            raise ModelLoadError(problem.reason)
         return record
+
+    def status(self, record: ModelRecord) -> Verdict:
+        """What a version is worth: missing or corrupt files first, else ml.skill's verdict on it."""
+        return _file_problem(record) or verdict(record.meta.get("skill"))
 
     def load(self, id_or_alias: str) -> tuple[ForecastModel, ModelRecord]:
         """The verified model and its record."""
@@ -369,6 +368,32 @@ def _production_stack(history: list[dict], kind: str) -> list[str | None]:
             while stack and stack[-1] != event["id"]:
                 stack.pop()
     return stack
+
+
+def _file_problem(record: ModelRecord) -> Verdict | None:
+    """Why a version's files cannot be trusted (missing or corrupt, with the reason), or None."""
+    if record.unreadable is not None:
+        return Verdict(CORRUPT, record.unreadable)
+    meta = record.meta
+    files = meta.get("files") or {}
+    if not files or _checksum(files) != meta.get("checksum"):
+        return Verdict(CORRUPT, f"meta.json of {record.id}: its file list does not match its checksum")
+    for name, expected in files.items():
+        path = record.path / name
+        if not path.is_file():
+            return Verdict(MISSING, f"{name} missing from {record.id} ({record.path})")
+        if _sha256(path) != expected:
+            return Verdict(
+                CORRUPT,
+                f"checksum mismatch for {name} in {record.id}: the file was changed after registration",
+            )
+    if meta.get("feature_hash") != FEATURE_SET_HASH:
+        return Verdict(
+            CORRUPT,
+            f"feature set mismatch: model {record.id} was trained on feature hash "
+            f"{meta.get('feature_hash')}, this build computes {FEATURE_SET_HASH}; retrain",
+        )
+    return None
 
 
 def _sha256(path: Path) -> str:

@@ -1,7 +1,8 @@
 """`qt models list|show|promote|demote|rollback`: the model registry from the command line.
 
 Wire into the `qt` parser with ``add_models_commands(sub)``; each handler returns the exit code (0 ok,
-2 bad input with the reason on stderr).
+2 bad input with the reason on stderr). `list` and `show` give each version's status (ModelRegistry.status):
+healthy, missing, corrupt, constant or no-skill, so a broken or useless production model never looks fine.
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_show(args) -> int:
-    return _run(args, lambda reg: print(json.dumps(reg.show(args.id), indent=2)))
+    def show(reg) -> None:
+        record = reg.get(args.id)
+        found = reg.status(record)
+        print(json.dumps(record.meta | {"status": found.status, "status_reason": found.reason}, indent=2))
+
+    return _run(args, show)
 
 
 def cmd_models_promote(args) -> int:
@@ -113,17 +119,21 @@ def _list(reg, kind: str | None) -> None:
     if not records:
         print("(no models)")
         return
-    rows = [_row(r) for r in records]
-    header = ["id", "kind", "created", "production"] + [name for name, _ in HEADLINE_METRICS]
+    statuses = [reg.status(r) for r in records]
+    rows = [_row(r, found.status) for r, found in zip(records, statuses, strict=True)]
+    header = ["id", "kind", "created", "production", "status"] + [name for name, _ in HEADLINE_METRICS]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for record, found in zip(records, statuses, strict=True):
+        if not found.usable:
+            print(f"{record.id}: {found}")
 
 
-def _row(record) -> list[str]:
+def _row(record, status: str) -> list[str]:
     metrics = _flatten(record.meta.get("metrics") or {})
-    created = str(record.meta.get("created_at", ""))[:19].replace("T", " ")
-    cells = [record.id, record.kind, created, "*" if record.production else ""]
+    created = str(record.meta.get("created_at", "-"))[:19].replace("T", " ")
+    cells = [record.id, record.kind, created, "*" if record.production else "", status]
     for _, names in HEADLINE_METRICS:
         value = next((metrics[n] for n in names if n in metrics), None)
         cells.append(f"{value:.4f}" if isinstance(value, int | float) else "-")

@@ -1,6 +1,6 @@
 """The model registry: versions load back exactly, tampering and feature drift are refused, aliases move
 only by promote / demote / rollback and every move is in the history, a model that learned nothing never
-becomes production; and the `qt models` commands."""
+becomes production; and the `qt models` commands, which say what each version is worth."""
 
 import argparse
 import json
@@ -265,9 +265,9 @@ def test_models_commands_end_to_end(reg, three_xgb, capsys):
 
     assert qt_models("--registry", root, "list", "--kind", "xgboost") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["id", "kind", "created", "production", "rank_ic", "dir_acc"]
+    assert lines[0].split() == ["id", "kind", "created", "production", "status", "rank_ic", "dir_acc"]
     assert [line.split()[0] for line in lines[1:]] == [c, b, a]
-    assert lines[2].split()[4] == "*" and lines[2].split()[5] == "0.0100"  # b: rank_ic 0.01 of its metrics
+    assert lines[2].split()[4:7] == ["*", "healthy", "0.0100"]  # b: rank_ic 0.01 of its metrics
 
     assert qt_models("--registry", root, "show", "xgboost:production") == 0
     assert json.loads(capsys.readouterr().out)["id"] == b
@@ -296,3 +296,74 @@ def test_models_commands_exit_2_with_the_reason_on_stderr(reg, three_xgb, tmp_pa
     (reg.root / "xgboost" / three_xgb[0] / "model.ubj").write_bytes(b"tampered")
     assert qt_models("--registry", root, "promote", three_xgb[0]) == 2  # a damaged model is never promoted
     assert "checksum mismatch for model.ubj" in capsys.readouterr().err
+
+
+STATUSES = {"healthy", "corrupt", "missing", "constant", "no-skill"}
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_list_and_show_flag_corrupt_missing_constant_and_no_skill_models(
+    reg, trained, learned_nothing, capsys
+):
+    healthy = register(reg, *trained[0]["xgboost"])
+    corrupt = register(reg, *trained[0]["lightgbm"])
+    reg.promote(corrupt.id)
+    flip_a_byte(corrupt.path / "model.txt")  # damaged after it went into production
+    missing = register(reg, *trained[0]["xgboost"])
+    (missing.path / "model.ubj").unlink()
+    constant = register(reg, *learned_nothing["constant"])
+    promoted_before_the_rule(reg, constant)
+    no_skill = register(reg, *learned_nothing["no_skill"])
+    unreadable = register(reg, *trained[0]["lightgbm"])
+    (unreadable.path / "meta.json").write_text("{not json")
+    root = str(reg.root)
+
+    assert qt_models("--registry", root, "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:7]}
+    status = {
+        version: next((cell for cell in row if cell in STATUSES), None) for version, row in rows.items()
+    }
+    assert status == {
+        healthy.id: "healthy",
+        corrupt.id: "corrupt",
+        missing.id: "missing",
+        constant.id: "constant",
+        no_skill.id: "no-skill",
+        unreadable.id: "corrupt",
+    }
+    assert {version for version, row in rows.items() if "*" in row} == {corrupt.id, constant.id}
+    skill = learned_nothing["no_skill"][2]
+    assert sorted(lines[7:]) == sorted(
+        [
+            f"{corrupt.id}: corrupt (checksum mismatch for model.txt in {corrupt.id}: the file was changed "
+            "after registration)",
+            f"{missing.id}: missing (model.ubj missing from {missing.id} ({missing.path}))",
+            f"{constant.id}: constant (validation forecast std 0 <= 1e-08: it learned nothing)",
+            f"{no_skill.id}: no-skill (validation MSE {skill['mse']:.6g} is not below the zero forecast's "
+            f"{skill['zero_mse']:.6g})",
+            f"{unreadable.id}: corrupt ({unreadable.path / 'meta.json'}: unreadable meta.json "
+            "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1)))",
+        ]
+    )
+
+    for name, version, expected in [
+        ("healthy", healthy.id, "healthy"),
+        ("production", "xgboost:production", "constant"),
+        ("production", "lightgbm:production", "corrupt"),
+        ("missing", missing.id, "missing"),
+        ("no-skill", no_skill.id, "no-skill"),
+    ]:
+        assert qt_models("--registry", root, "show", version) == 0, name
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["status"] == expected, name
+        assert (shown["status_reason"] is None) == (expected == "healthy"), name
+    assert qt_models("--registry", root, "show", unreadable.id) == 2
+    assert "unreadable meta.json" in capsys.readouterr().err
+    assert qt_models("--registry", root, "promote", no_skill.id) == 2
+    assert f"{no_skill.id} is not made production: no-skill" in capsys.readouterr().err
