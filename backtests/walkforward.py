@@ -9,6 +9,9 @@ and 7) cut it into folds. Fold k has a test start t_k = period.start + train_day
   - backtests the EnsembleStrategy, wired to that fold's models by their explicit registry version ids
     (never an alias: a later fold cannot change an earlier one), on the unseen window [t_k, t_k + 7 d)
     only. The last window is cut at period.end (and dropped if shorter than half a step).
+  - holds the fold's models to ml.skill's rule like any other: one that is constant or does not beat the
+    zero forecast on the fold's validation split does not vote, and when none may vote the ensemble sits
+    the window out in cash (no trades, flat equity), with the reasons in windows.csv and summary.json.
 
 Warm-up. The online features need WARMUP_BARS bars and the sequence models a `lookback` of feature rows
 (~363 five-minute bars, 30 h) before the first vote. Rather than lose that much of every 7-day window, each
@@ -246,6 +249,7 @@ class FoldResult:
     runs: dict[str, WindowRun] = field(default_factory=dict)
     signals: pd.DataFrame | None = None  # window signals with the realised forward return
     forecast: dict = field(default_factory=dict)
+    models_left_out: dict[str, str] = field(default_factory=dict)  # kind -> why it did not vote
 
 
 @dataclass
@@ -308,21 +312,20 @@ def _run_fold(
     last_label = check_training_window(cfg, fold, data)
     _say(progress, f"{k}: models {result.model_ids}; last training label closed {last_label}")
 
-    _say(progress, f"{k}: backtesting the ensemble on [{fold.test_start}, {fold.test_end}) (+ warm-up)")
+    left_out = models_left_out(result.skill, cfg.train.weights)
+    fr = FoldResult(fold, dict(result.model_ids), data, last_label, [], models_left_out=left_out)
     ens_cfg = fold_backtest_config(cfg, fold, "ensemble", model_ids=result.model_ids, registry=registry)
-    ens = run_backtest(ens_cfg, progress=progress)
-    symbols = [str(i.id) for i in ens.universe.instruments]
-    fr = FoldResult(fold, dict(result.model_ids), data, last_label, symbols)
-    fr.runs["ensemble"] = _window_run(cfg, fold, ens, fold_dir / "ensemble")
-    signals = ens.signals.frame()
-    fr.signals = forecast_frame(signals, fold, closes, cfg)
-    fr.forecast = forecast_metrics(fr.signals)
-    _close_engine(ens)
+    if len(left_out) < len(result.model_ids):
+        _say(progress, f"{k}: backtesting the ensemble on [{fold.test_start}, {fold.test_end}) (+ warm-up)")
+        _ensemble_window(cfg, fr, ens_cfg, fold_dir / "ensemble", closes, progress)
+    else:
+        _say(progress, f"{k}: no model may vote, the ensemble sits the window out in cash: {left_out}")
+        _sat_out_window(cfg, fr, ens_cfg, fold_dir / "ensemble", closes)
     for name in BASELINE_PATHS:
         if not getattr(cfg.baselines, name).enabled:
             continue
         _say(progress, f"{k}: backtesting baseline {name}")
-        run = run_backtest(fold_backtest_config(cfg, fold, name, symbols=symbols), progress=progress)
+        run = run_backtest(fold_backtest_config(cfg, fold, name, symbols=fr.symbols), progress=progress)
         fr.runs[name] = _window_run(cfg, fold, run, fold_dir / name)
         _close_engine(run)
     e = fr.runs["ensemble"].stats
@@ -332,6 +335,55 @@ def _run_fold(
         + "".join(f", {nm} {r.stats['total_return']:+.2%}" for nm, r in fr.runs.items() if nm != "ensemble"),
     )
     return fr
+
+
+def models_left_out(skill: dict[str, dict], weights: dict[str, float]) -> dict[str, str]:
+    """The fold's models that will not vote, with why: ml.skill's verdict, or a zero weight."""
+    from ml.skill import verdict
+
+    out = {}
+    for kind, record in skill.items():
+        found = verdict(record)
+        if not found.usable:
+            out[kind] = str(found)
+        elif weights.get(kind, 0.0) <= 0:
+            out[kind] = "weight is 0"
+    return out
+
+
+def _ensemble_window(cfg, fr: FoldResult, ens_cfg, report_dir: Path, closes, progress: bool) -> None:
+    from backtests.runner import run_backtest
+
+    ens = run_backtest(ens_cfg, progress=progress)
+    fr.symbols = [str(i.id) for i in ens.universe.instruments]
+    fr.runs["ensemble"] = _window_run(cfg, fr.fold, ens, report_dir)
+    fr.signals = forecast_frame(ens.signals.frame(), fr.fold, closes, cfg)
+    fr.forecast = forecast_metrics(fr.signals)
+    _close_engine(ens)
+
+
+def _sat_out_window(cfg, fr: FoldResult, ens_cfg, report_dir: Path, closes) -> None:
+    """The window of an ensemble with no model allowed to vote: it stays in cash, as the strategy would
+    refuse to start; the baselines still trade the universe it would have traded."""
+    from backtests.runner import select_universe
+    from catalog.store import CatalogStore
+
+    fold = fr.fold
+    universe = select_universe(CatalogStore(Path(cfg.catalog)), ens_cfg)
+    fr.symbols = [str(i.id) for i in universe.instruments]
+    initial = cfg.venue.starting_balance
+    sample = pd.Timedelta(minutes=cfg.report.equity_sample_minutes)
+    index = pd.date_range(fold.test_start, fold.test_end, freq=sample).union([fold.test_end])
+    flat = {"balance": initial, "equity": initial, "gross_exposure": 0.0}
+    equity = pd.DataFrame(flat, index=index.rename("ts"))
+    stats = window_stats(equity, fold, pd.DataFrame(), pd.DataFrame(), initial, 0.0)
+    fr.runs["ensemble"] = WindowRun(equity, stats)
+    if cfg.report.fold_reports:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        report = stats | {"sat_out": True, "models": [], "models_missing": fr.models_left_out}
+        (report_dir / "stats.json").write_text(json.dumps(jsonable(report, nan_as_null=True), indent=2))
+    fr.signals = forecast_frame(pd.DataFrame(), fold, closes, cfg)
+    fr.forecast = forecast_metrics(fr.signals)
 
 
 def fold_train_config(cfg: WalkForwardConfig, fold: Fold, registry: Path) -> TrainConfig:
@@ -595,6 +647,8 @@ def windows_table(results: list[FoldResult]) -> pd.DataFrame:
             "symbols": len(r.symbols),
             "train_rows": r.train_data["rows"]["train"],
             "validation_rows": r.train_data["rows"]["validation"],
+            "models_voting": len(r.model_ids) - len(r.models_left_out),
+            "models_left_out": "; ".join(f"{k}: {why}" for k, why in r.models_left_out.items()),
             **{k: r.forecast[k] for k in ("signals", "scored", "rank_ic", "directional_accuracy")},
         }
         for name, run in r.runs.items():
@@ -639,6 +693,7 @@ def summarize(cfg: WalkForwardConfig, results: list[FoldResult], stitched: dict,
                 "last_train_label": r.last_label_close,
                 "test": [r.fold.test_start, r.fold.test_end],
                 "model_ids": r.model_ids,
+                "models_left_out": r.models_left_out,
                 "symbols": r.symbols,
             }
             for r in results
@@ -717,6 +772,11 @@ def format_summary(summary: dict) -> str:
             f"  {name:<10} {s['total_return']:>+9.2%} {_fmt(s['sharpe'], '.2f'):>7} {s['max_drawdown']:>8.2%} "
             f"{s['trades']:>7} {s['fees']:>9.2f} {s['positive_windows']:>8.0%}"
         )
+    for fold in summary["folds"]:
+        out, n = len(fold["models_left_out"]), len(fold["model_ids"])
+        if out:
+            sat = ": the ensemble sat the window out in cash" if out == n else ""
+            lines.append(f"fold {fold['fold']}: {out} of {n} models left out of the vote{sat} (summary.json)")
     if f.get("leakage_alarm"):
         lines.append(f"WARNING suspected leakage: {f['leakage_alarm']}")
     return "\n".join(lines)

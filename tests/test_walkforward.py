@@ -1,4 +1,5 @@
-"""Walk-forward evaluation: no fold sees its test window, windows tile the period, trading stays inside them."""
+"""Walk-forward evaluation: no fold sees its test window, windows tile the period, trading stays inside them,
+and a fold's models that learned nothing do not vote."""
 
 import json
 
@@ -8,11 +9,18 @@ import pytest
 
 from backtests.config import parse_backtest_config
 from backtests.runner import run_backtest
-from backtests.walkforward import ScheduleConfig, WalkForwardConfig, plan_folds, run_walkforward
+from backtests.walkforward import (
+    ScheduleConfig,
+    WalkForwardConfig,
+    format_summary,
+    plan_folds,
+    run_walkforward,
+)
 from ml.registry import ModelRegistry
 from quantum_trader.cli import main
 from quantum_trader.config import ConfigError, parse_config
 from tests.conftest import build_catalog, candles, reverting_walk
+from tests.test_ensemble_strategy import rally_then_fall
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
 BARS_PER_DAY = 288
@@ -110,6 +118,7 @@ def test_stitched_report_files_and_values(wf):
     assert windows["rank_ic"].between(-1, 1).all()
     assert windows["directional_accuracy"].between(0, 1).all()
     assert (windows["ensemble_trades"] > 0).all() and (windows["buy_hold_trades"] == len(SYMBOLS)).all()
+    assert (windows["models_voting"] == 2).all() and windows["models_left_out"].isna().all()
     for name in ("ensemble", "buy_hold", "momentum"):
         assert windows[f"{name}_max_drawdown"].between(-0.5, 0).all()
     summary = json.loads((out / "summary.json").read_text())
@@ -134,6 +143,38 @@ def test_same_config_twice_gives_the_same_windows(wf, catalog_root):
     cfg = WalkForwardConfig.model_validate(wf_config(catalog_root))
     again = run_walkforward(cfg, catalog_root / "run2", progress=False)
     assert (again.out / "windows.csv").read_bytes() == (wf.out / "windows.csv").read_bytes()
+
+
+def test_a_fold_whose_models_learned_nothing_sits_its_window_out_in_cash(tmp_path):
+    # the fold trains on bars 0-1151 and validates from bar 931; the market turns at bar 900, so the trees
+    # learn the rally, which is wrong on validation and in the test window
+    frames = {
+        s: candles(rally_then_fall((TRAIN_DAYS + STEP_DAYS) * BARS_PER_DAY, seed=40 + i, turn=900))
+        for i, s in enumerate(SYMBOLS)
+    }
+    build_catalog(tmp_path / "catalog", frames)
+    data = wf_config(tmp_path)
+    data["train"]["models"]["lightgbm"] = {"params": TINY | {"min_data_in_leaf": 1_000_000}}  # no split
+    data["baselines"] = {"momentum": {"enabled": False}}
+    wf = run_walkforward(WalkForwardConfig.model_validate(data), tmp_path / "run", progress=False)
+
+    window = wf.windows.iloc[0]
+    assert window["ensemble_trades"] == 0 and window["signals"] == 0
+    assert window["models_voting"] == 0
+    fold = wf.folds[0]
+    assert len(wf.folds) == 1
+    assert fold.models_left_out["xgboost"].startswith("no-skill (validation MSE ")
+    assert fold.models_left_out["lightgbm"].startswith("constant (validation forecast std ")
+    assert window["ensemble_total_return"] == 0 and window["ensemble_fees"] == 0
+    assert window["buy_hold_trades"] == len(SYMBOLS)  # the baseline trades the universe the ensemble had
+    equity = wf.stitched["ensemble"]
+    assert (equity["equity"] == 10_000).all() and equity.index[-1] == fold.fold.test_end
+    stats = json.loads((wf.out / "fold-01" / "ensemble" / "stats.json").read_text())
+    assert stats["sat_out"] and stats["trades"] == 0 and stats["models_missing"] == fold.models_left_out
+    assert wf.summary["folds"][0]["models_left_out"] == fold.models_left_out
+    assert "fold 1: 2 of 2 models left out of the vote: the ensemble sat the window out in cash" in (
+        format_summary(wf.summary)
+    )
 
 
 def test_schedule_sliding_expanding_stub_and_max_folds():
