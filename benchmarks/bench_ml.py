@@ -28,7 +28,7 @@ import yaml
 from common import write_research_set
 
 from catalog.ingest import ingest
-from ml.ensemble import Ensemble, Member
+from ml.ensemble import Ensemble, EnsembleError, Member, load_ensemble
 from ml.train import KINDS, TrainConfig, build_splits, make_model, train
 
 LONGER = {
@@ -129,6 +129,11 @@ def bench_backtest(catalog: Path, registry: Path, per_batch: dict[str, float], o
         "risk_profile": "moderate",
         "actors": [{"path": "actors.emergency_stop:EmergencyStop"}],
     }
+    try:  # the strategy's own rule: a model that did not beat the zero forecast on validation does not vote
+        load_ensemble(str(registry), [f"{k}:production" for k in KINDS], dict.fromkeys(KINDS, 1.0))
+    except EnsembleError as err:
+        print(f"backtest: the ensemble backtests are skipped: {err}", flush=True)
+        return
     _store_signals(_config("signals", catalog, ensemble, {}), out / "signals")
     for name, (path, conf), extra_cfg in [
         ("empty", ("strategies.empty:Empty", {}), {}),
