@@ -10,7 +10,9 @@ GC), timed from start to exit; peak = that process' own max RSS.
   runs dry and refuses most entries; the margin rejections are printed and should be 0). The runner's venue
   is NETTING. qt empty: the same with strategies.empty:Empty, the floor.
 - bare Nautilus: benchmarks/peers/bare_nautilus.py, the same EMA with a 2% stop-market on each position,
-  HEDGING (as the auditors' harness), analyzer off.
+  HEDGING (as the auditors' harness), analyzer off. bare NETTING: the same script with OmsType.NETTING, the OMS
+  `qt backtest` and the live node use (NETTING gives the live node the backtest's position ids and its restart
+  recovery, see README), with the project's snapshot memo; it is the like-for-like yardstick.
 - freqtrade: `freqtrade backtesting` in its own venv (installed once under --freqtrade-venv), the same EMA
   with a 2% stoploss, futures, isolated margin, leverage 1 (benchmarks/peers/freqtrade_peer.py). Skipped, with
   the reason, where it cannot be installed or run.
@@ -129,13 +131,13 @@ def run_qt(name: str, catalog: Path, work: Path, start, end) -> dict:
     }  # fmt: skip
 
 
-def run_bare(catalog: Path, work: Path, start, end) -> dict:
+def run_bare(catalog: Path, work: Path, start, end, oms: str = "HEDGING") -> dict:
     script = Path(__file__).parent / "peers" / "bare_nautilus.py"
-    result = work / "bare.json"
-    cmd = [sys.executable, str(script), str(catalog), start.isoformat(), end.isoformat(), str(result)]
-    wall, peak, rc = timed(cmd, work / "bare.log")
+    result = work / f"bare-{oms}.json"
+    cmd = [sys.executable, str(script), str(catalog), start.isoformat(), end.isoformat(), str(result), oms]
+    wall, peak, rc = timed(cmd, work / f"bare-{oms}.log")
     if rc:
-        return failure(rc, work / "bare.log")
+        return failure(rc, work / f"bare-{oms}.log")
     return json.loads(result.read_text()) | {"process_s": wall, "peak_gib": peak}
 
 
@@ -178,9 +180,14 @@ def print_table(results: dict) -> None:
 
 def print_ratios(results: dict) -> None:
     qt, bare, ft = (results.get(k, {}) for k in ("qt EMA", "bare Nautilus", "freqtrade"))
+    netting = results.get("bare NETTING", {})
     if "run_s" in qt and "run_s" in bare:
         print(f"qt EMA / bare Nautilus: {qt['run_s'] / bare['run_s']:.2f} (engine.run), "
               f"{qt['process_s'] / bare['process_s']:.2f} (process); target <= 1.1")  # fmt: skip
+    if "run_s" in qt and "run_s" in netting:
+        print(f"qt EMA / bare NETTING: {qt['run_s'] / netting['run_s']:.2f} (engine.run), "
+              f"{qt['process_s'] / netting['process_s']:.2f} (process); "
+              f"Nautilus NETTING / HEDGING: {netting['run_s'] / bare['run_s']:.2f}")  # fmt: skip
     if "run_s" in qt and "run_s" in ft:
         print(f"qt EMA / freqtrade: {qt['process_s'] / ft['process_s']:.2f} (process), "
               f"{qt['run_s'] / ft['run_s']:.2f} (engine.run / freqtrade's trade loop)")  # fmt: skip
@@ -226,6 +233,7 @@ def main() -> None:
     for name in QT_RUNS:
         results[name] = progress(name, run_qt(name, catalog, work, start, END))
     results["bare Nautilus"] = progress("bare Nautilus", run_bare(catalog, work, start, END))
+    results["bare NETTING"] = progress("bare NETTING", run_bare(catalog, work, start, END, "NETTING"))
     if python is not None:
         results["freqtrade"] = progress(
             "freqtrade", run_freqtrade(python, catalog, work / "src", work, start, END)
