@@ -28,6 +28,7 @@ from nautilus_trader.model.enums import AccountType, OmsType
 from nautilus_trader.model.identifiers import ClientId, TraderId
 from nautilus_trader.model.instruments import Instrument
 from nautilus_trader.model.objects import Money
+from nautilus_trader.persistence.catalog import ParquetDataCatalog
 
 from actors.equity_recorder import EquityRecorder, EquityRecorderConfig
 from actors.event_recorder import EventRecorder
@@ -290,6 +291,7 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
     engine.add_actor(events)
     _bind_risk_engine(engine)
     _attach_replayed_signals(strategies, cfg.catalog, start, end)
+    _serve_warmup_from_catalog(engine, strategies, cfg.catalog, start)
     if progress:
         engine.add_actor(
             ProgressActor(ProgressActorConfig(start_ns=start.value, end_ns=end.value, bars=bars))
@@ -326,6 +328,33 @@ def _bind_risk_engine(engine: BacktestEngine) -> None:
     for actor in [*engine.trader.actors(), *engine.trader.strategies()]:
         if hasattr(actor, "bind_risk_engine"):
             actor.bind_risk_engine(engine.kernel.risk_engine)
+
+
+class HistoryCatalog(ParquetDataCatalog):
+    """The catalog's bars closing before `before_ns` only: what a node started at that time could request.
+
+    The BacktestEngine also streams a subscription's bars from a registered catalog when they were not added
+    with `add_data` (ours come from a data iterator), which would feed every bar twice; the run's own bars
+    are therefore out of this catalog's reach."""
+
+    def __init__(self, path: str, before_ns: int) -> None:
+        super().__init__(path)
+        self.before_ns = before_ns
+
+    def bars(self, bar_types=None, instrument_ids=None, **kwargs):
+        start, end = kwargs.get("start"), kwargs.get("end")
+        if start is not None and pd.Timestamp(start, tz="UTC").value >= self.before_ns:
+            return []
+        if end is None or pd.Timestamp(end, tz="UTC").value >= self.before_ns:
+            kwargs["end"] = self.before_ns - 1
+        return super().bars(bar_types=bar_types, instrument_ids=instrument_ids, **kwargs)
+
+
+def _serve_warmup_from_catalog(engine: BacktestEngine, strategies: list, catalog: str, start) -> None:
+    """A strategy with `warmup_bars` requests history at start, as it does live; here Nautilus' data engine
+    answers from the catalog's bars before period.start, so a backtest warms up the way the node does."""
+    if any(getattr(s.config, "warmup_bars", 0) for s in strategies):
+        engine.kernel.data_engine.register_catalog(HistoryCatalog(catalog, start.value))
 
 
 def _attach_replayed_signals(strategies: list, catalog: str, start, end) -> None:

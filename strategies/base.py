@@ -16,6 +16,13 @@ to us for MARGIN accounts:
   exchange liquidates first, and the order is a harmless last line of defence.
 - An order-rate budget (strategies/order_budget.py): entries wait for room in the node's order-rate window,
   so the orders that protect positions are never denied.
+- Warm-up (`warmup_bars`, the live node sets it): at start the strategy requests that much history of every
+  bar type, so its indicators and features are ready at the first live bar. History arrives through
+  `on_historical_data`, not `on_bar` (Nautilus' request path; registered indicators are updated on the way).
+  Once every request has answered (or `warmup_timeout_seconds` passed), the history is handed to
+  `on_warmup(bars)` in close-time order, with entries refused, and the live bars that arrived meanwhile are
+  then played in order (those the history already held are dropped). A backtest needs none of this: its
+  warm-up bars are simply the first bars of the run (and `trade_start` keeps entries out of them).
 
 Two optional parts, each switched on by naming a profile in the config:
 - `exit_profile` (configs/exits/): the Exit Brain (strategies/exit_brain.py) protects every position with
@@ -28,8 +35,10 @@ Two optional parts, each switched on by naming a profile in the config:
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 from nautilus_trader.config import StrategyConfig
 from nautilus_trader.core.data import Data
+from nautilus_trader.core.uuid import UUID4
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, BarType, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
@@ -69,6 +78,8 @@ class QTStrategyConfig(StrategyConfig, frozen=True):
     liquidation_guard: bool = True
     maintenance_margin_rate: float = 0.005
     execution_delay_bars: int = 0  # 1 = act on the instrument's next bar (the runner sets it: next_bar_close)
+    warmup_bars: int = 0  # bars of history requested per bar type at start (the live node sets it)
+    warmup_timeout_seconds: float = 60.0  # start trading with what arrived when history takes longer
     exit_profile: str | dict[str, Any] | None = None  # a name in configs/exits/, a path, or a mapping
     risk_profile: str | dict[str, Any] | None = None  # a name in configs/risk/, a path, or a mapping
 
@@ -102,6 +113,11 @@ class QTStrategy(Strategy):
         self._protection_orders = (1 + len(exit_profile.take_profits) if exit_profile else 0) + int(
             config.liquidation_guard
         )
+        self.warming_up = False
+        self._warmup_waiting: set = set()  # request ids not answered yet
+        self._warmup_history: list[Bar] = []
+        self._warmup_live: list[Bar] = []  # live bars that arrived while the history was on its way
+        self._warmup_last_seen: dict = {}  # instrument -> close of its last history bar, until a later bar
 
     def bind_risk_engine(self, risk_engine) -> None:
         """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
@@ -127,6 +143,99 @@ class QTStrategy(Strategy):
         if self.risk is not None:
             self.risk.start([bt.instrument_id for bt in self.bar_types])
         self.on_strategy_start()
+        if self.config.warmup_bars > 0:
+            self._request_warmup()
+
+    # ---- warm-up (live) ----------------------------------------------------------------------------
+    def _request_warmup(self) -> None:
+        self.warming_up = True
+        self._warmup_last_seen = {None: 0}  # non-empty: live bars are held until the history is in
+        now = self.clock.utc_now()
+        # Every id is known before the first request: a backtest answers inside request_bars.
+        requests = {UUID4(): bar_type for bar_type in self.bar_types}
+        self._warmup_waiting = set(requests)
+        for request_id, bar_type in requests.items():
+            span = bar_type.spec.timedelta * self.config.warmup_bars
+            self.request_bars(
+                bar_type, start=now - span, callback=self._warmup_answered, request_id=request_id
+            )
+        self.clock.set_time_alert(
+            "qt-warmup-timeout",
+            now + pd.Timedelta(seconds=self.config.warmup_timeout_seconds),
+            self._warmup_timed_out,
+        )
+        self.log.info(f"Warm-up: requested {self.config.warmup_bars} bars of {len(self.bar_types)} bar types")
+
+    def on_historical_data(self, data: Data) -> None:
+        if self.warming_up and isinstance(data, Bar):
+            self._warmup_history.append(data)
+
+    def handle_bar(self, bar: Bar, historical: bool = False) -> None:
+        if self._warmup_last_seen and not historical:
+            if self.warming_up:
+                self._warmup_live.append(bar)  # played once the history is in, so features stay in order
+                return
+            if self._already_seen(bar):
+                return
+        super().handle_bar(bar, historical)
+
+    def _already_seen(self, bar: Bar) -> bool:
+        """The history already held this bar. Live stamps are float-rounded (close time + a few ns), so
+        within 1 ms counts as the same close; past the last history bar the check is dropped."""
+        iid = bar.bar_type.instrument_id
+        last = self._warmup_last_seen.get(iid)
+        if last is None:
+            return False
+        if bar.ts_event <= last + 1_000_000:
+            return True
+        del self._warmup_last_seen[iid]
+        return False
+
+    def _warmup_answered(self, request_id) -> None:
+        self._warmup_waiting.discard(request_id)
+        if not self._warmup_waiting and self.warming_up:
+            self._finish_warmup()
+
+    def _warmup_timed_out(self, _event=None) -> None:
+        if self.warming_up:
+            self.log.warning(
+                f"Warm-up: {len(self._warmup_waiting)} history request(s) unanswered after "
+                f"{self.config.warmup_timeout_seconds:.0f} s; starting with {len(self._warmup_history)} bars"
+            )
+            self._finish_warmup()
+
+    def _finish_warmup(self) -> None:
+        history = sorted(self._warmup_history, key=lambda b: (b.ts_event, self._bar_order(b)))
+        self._warmup_last_seen = {}
+        for bar in history:
+            self._warmup_last_seen[bar.bar_type.instrument_id] = bar.ts_event
+        try:
+            self.on_warmup(history)
+        finally:
+            self.warming_up = False
+            self._warmup_history = []
+            if "qt-warmup-timeout" in self.clock.timer_names:
+                self.clock.cancel_timer("qt-warmup-timeout")
+        self.log.info(
+            f"Warm-up done: {len(history)} bars of history, {len(self._warmup_live)} live bars held"
+        )
+        live, self._warmup_live = self._warmup_live, []
+        for bar in sorted(live, key=lambda b: (b.ts_event, self._bar_order(b))):
+            self.handle_bar(bar)
+
+    def _bar_order(self, bar: Bar) -> int:
+        if not hasattr(self, "_bar_slot"):
+            self._bar_slot = {bt.instrument_id: i for i, bt in enumerate(self.bar_types)}
+        return self._bar_slot.get(bar.bar_type.instrument_id, len(self._bar_slot))
+
+    def on_warmup(self, bars: list[Bar]) -> None:
+        """Hook: the requested history, oldest close first (symbols in universe order within a close).
+
+        Registered indicators have already seen these bars. The default feeds the risk gates' return windows;
+        strategies with their own per-bar state (features, windows) override it and call super()."""
+        if self.risk is not None:
+            for bar in bars:
+                self.risk.on_bar(bar)
 
     def _track_bar(self, bar: Bar) -> None:
         if self._deferred:
@@ -186,6 +295,8 @@ class QTStrategy(Strategy):
         Size: with a risk profile, the SPEC section 6 formula; else `notional` USDT (default from config).
         `atr` (in price) is required when the Exit Brain is on: R is set from it.
         """
+        if self.warming_up:
+            return False  # history is being replayed: its prices are gone
         pending = self._entry_orders.get(instrument_id)
         if pending is not None and not pending.is_closed:
             return False  # the last entry has not filled yet: a second one would double the position

@@ -108,6 +108,18 @@ class EnsembleStrategy(QTStrategy):
             )
         self._pending[self._slot[bar.bar_type.instrument_id]] = bar
 
+    def on_warmup(self, bars: list[Bar]) -> None:
+        """Live warm-up: the history goes through the same batches as live closes, one close at a time, so the
+        features and model windows are full at the first live bar (entries are refused meanwhile)."""
+        super().on_warmup(bars)
+        i = 0
+        while i < len(bars):
+            ts = bars[i].ts_event
+            while i < len(bars) and bars[i].ts_event == ts:
+                self._pending[self._slot[bars[i].bar_type.instrument_id]] = bars[i]
+                i += 1
+            self._on_batch()
+
     def use_replayed_signals(self, table: SignalTable) -> None:
         """With `signal_source: catalog`: trade these stored decisions (ml/research.py) instead of scoring."""
         self._table = table

@@ -351,3 +351,34 @@ def test_a_batch_sensitive_model_gets_the_strategys_batches_in_the_research_path
     ]
     assert [(s.ts_event, s.prob_up) for s in signals] == expected
     assert sorted(set(model.batch_sizes)) == [2, 3]  # before and after the third symbol's listing
+
+
+def test_a_warmed_up_start_scores_and_trades_as_a_run_that_started_earlier(trained, online):
+    """Live, the node requests `warmup_bars` of history at start (answered from the catalog here): its first
+    bars are scored as if it had been running, and it trades exactly as a run that started on the history
+    with `trade_start` at the same time."""
+    root, _ = trained
+    start = online.start + pd.Timedelta(minutes=5 * 900)
+    history_start = start - pd.Timedelta(minutes=5 * 500)
+    warm = run(backtest_config(root, warmup_bars=500) | {"period": {"start": start.isoformat()}})
+    earlier = run(
+        backtest_config(root, trade_start=start.isoformat())
+        | {"period": {"start": history_start.isoformat()}}
+    )
+
+    warm_signals = warm.signals.frame()
+    earlier_signals = earlier.signals.frame()
+    after = earlier_signals[earlier_signals["ts_event"] >= start].reset_index(drop=True)
+    # every symbol is scored from the first bar of the period (the one closing at its start), with the very
+    # same numbers; the history's own signals were published at start, when it arrived
+    first_close = warm_signals.loc[warm_signals["ts_init"] > start, "ts_event"].min()
+    assert first_close == start
+    pd.testing.assert_frame_equal(
+        warm_signals[warm_signals["ts_event"] >= start].reset_index(drop=True), after, check_exact=True
+    )
+    warm_fills, earlier_fills = fills_of(warm), fills_of(earlier)
+    assert len(warm_fills) > 0
+    trade = ["instrument_id", "side", "type", "filled_qty", "avg_px", "ts_last", "tags"]
+    pd.testing.assert_frame_equal(
+        warm_fills[trade].reset_index(drop=True), earlier_fills[trade].reset_index(drop=True)
+    )
