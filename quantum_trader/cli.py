@@ -68,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--no-progress", action="store_true")
     wf.set_defaults(func=cmd_walkforward)
 
+    lv = sub.add_parser("live", help="run the live (or paper) Binance USDT-M node from a YAML config")
+    lv.add_argument("config", type=Path)
+    lv.add_argument(
+        "--mainnet",
+        action="store_true",
+        help="trade on Binance mainnet (the config must say environment: live)",
+    )
+    lv.add_argument("--duration", type=float, help="stop gracefully after this many seconds (demos, tests)")
+    lv.set_defaults(func=cmd_live)
+
     from quantum_trader.cli_models import add_models_commands
 
     add_models_commands(sub)
@@ -237,6 +247,21 @@ def cmd_walkforward(args) -> int:
     print(format_summary(result.summary))
     print(f"report: {out}/ (windows.csv, summary.json, equity.png, fold-NN/ with each fold's reports)")
     return 0
+
+
+def cmd_live(args) -> int:
+    """Exit codes: 0 clean stop, 2 config or usage error, 3 CRITICAL health (the node did not start trading)."""
+    from live.config import load_live_config
+    from live.node import run
+
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError(f"--duration must be positive seconds, got {args.duration}")
+    cfg = load_live_config(args.config)
+
+    def report(line: str) -> None:
+        print(line, file=sys.stderr if line.startswith("CRITICAL") else sys.stdout, flush=True)
+
+    return run(cfg, mainnet=args.mainnet, duration=args.duration, report=report)
 
 
 def cmd_demo(args) -> int:
