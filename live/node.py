@@ -49,6 +49,7 @@ from nautilus_trader.adapters.binance.common.credentials import is_ed25519_priva
 from nautilus_trader.adapters.binance.common.enums import BinanceEnvironment
 from nautilus_trader.adapters.binance.common.symbol import BinanceSymbol
 from nautilus_trader.adapters.sandbox.config import SandboxExecutionClientConfig
+from nautilus_trader.common.component import flush_logger
 from nautilus_trader.config import (
     CacheConfig,
     DatabaseConfig,
@@ -239,6 +240,8 @@ def build_live_components(cfg: LiveConfig) -> tuple[list, list]:
     if cfg.models is not None:
         injected["registry"] = cfg.models
 
+    claimed: dict[InstrumentId, str] = {}
+
     def live_oms(config, where: str):
         if config.oms_type not in (None, "NETTING"):
             raise ConfigError(
@@ -247,6 +250,14 @@ def build_live_components(cfg: LiveConfig) -> tuple[list, list]:
             )
         own = getattr(config, "bar_types", None) or injected["bar_types"]
         claims = sorted({BarType.from_str(b).instrument_id for b in own}, key=str)
+        for iid in claims:
+            if iid in claimed:
+                raise ConfigError(
+                    f"{where}: {iid} is already traded by {claimed[iid]}; on a one-way Binance account a symbol "
+                    "has one position, and Nautilus lets one strategy claim it: give each strategy its own "
+                    "symbols (config.bar_types)"
+                )
+            claimed[iid] = where
         return msgspec.structs.replace(config, oms_type="NETTING", external_order_claims=claims)
 
     return build_components(cfg.strategies, cfg.actors, injected, finish_strategy_config=live_oms)
@@ -406,4 +417,19 @@ def run(cfg: LiveConfig, mainnet: bool = False, duration: float | None = None, r
     try:
         return loop.run_until_complete(run_live(live, duration, report))
     finally:
-        live.node.dispose()
+        dispose(live.node)
+        flush_logger()  # the log file is written by a Rust thread; without this its tail is lost at exit
+
+
+def dispose(node: TradingNode) -> None:
+    """Cancel the tasks still pending on the node's loop (the executor's workers, the clients' timers), let
+    them finish, then dispose the node, which closes the loop: closing it under pending tasks makes them fail
+    later with 'Event loop is closed'."""
+    loop = node.get_event_loop()
+    if loop is not None and not loop.is_closed() and not loop.is_running():
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    node.dispose()

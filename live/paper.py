@@ -20,7 +20,8 @@ not to the bars topic); no slippage model (Nautilus' default FillModel); the sim
 from `paper_account.starting_balance` at every start (the sandbox reports no orders or positions to
 reconcile, so a restarted paper node starts flat); no funding.
 
-The sandbox's `leverages` config field is typed `dict[str, float]`, but its `SimulatedExchange` wants
+The node builder hands the portfolio only to a factory class named `SandboxLiveExecClientFactory`, so ours
+has that name. The sandbox's `leverages` config field is typed `dict[str, float]`, but its `SimulatedExchange` wants
 `dict[InstrumentId, Decimal]`; `PaperExecClient` converts it.
 """
 
@@ -56,9 +57,15 @@ class PaperExecClient(SandboxExecutionClient):
         super().disconnect()
 
 
-class PaperExecClientFactory(LiveExecClientFactory):
+class SandboxLiveExecClientFactory(LiveExecClientFactory):
+    """Creates a `PaperExecClient`. The class must carry this very name: the 1.231 node builder passes the
+    portfolio only to a factory whose `__name__` is "SandboxLiveExecClientFactory" (`live/node_builder.py`)."""
+
     @staticmethod
     def create(loop, name, config, portfolio, msgbus, cache, clock):  # type: ignore[override]
         return PaperExecClient(
             loop=loop, portfolio=portfolio, msgbus=msgbus, cache=cache, clock=clock, config=config
         )
+
+
+PaperExecClientFactory = SandboxLiveExecClientFactory
