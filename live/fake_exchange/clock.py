@@ -153,7 +153,8 @@ def load_replay(
     """Read the symbols' bars from a catalog and place the replay clock at `start`.
 
     Bars that open before `start` are history (already closed when the replay begins). Without `start`, the replay
-    begins `history_bars` bars after the first bar. Raises FileNotFoundError (no catalog), KeyError (unknown symbol)
+    begins `history_bars` bars after the first bar
+    (at most half-way through the data). Raises FileNotFoundError (no catalog), KeyError (unknown symbol)
     or ValueError (no bars, bad period) with a message fit for a command line.
     """
     store = CatalogStore(catalog)
@@ -178,7 +179,12 @@ def load_replay(
         )
     first = min(int(s.open_ms[0]) for s in series.values())
     last_close = max(int(s.open_ms[-1]) for s in series.values()) + interval_ms
-    start_ms = _ms(start) if start is not None else first + history_bars * interval_ms
+    span = (last_close - first) // interval_ms
+    start_ms = _ms(start) if start is not None else first + min(history_bars, span // 2) * interval_ms
+    if start is not None and start_ms >= last_close:
+        raise ValueError(
+            f"start {start} is after the last bar ({pd.Timestamp(last_close, unit='ms', tz='UTC')})"
+        )
     start_ms = max(first, min(start_ms - start_ms % interval_ms, last_close - interval_ms))
     if end_cut is not None and start_ms >= end_cut:
         raise ValueError(f"start {pd.Timestamp(start_ms, unit='ms', tz='UTC')} is not before end {end}")

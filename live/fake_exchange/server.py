@@ -243,3 +243,33 @@ def _error(code: int, msg: str, status: int) -> web.Response:
 
 def _iso(ms: int) -> str:
     return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+
+
+def serve(fake: FakeBinance, host: str, port: int) -> None:
+    """Run the fake until SIGINT/SIGTERM, printing the URLs a node config needs."""
+
+    async def main() -> None:
+        import signal
+
+        try:
+            await fake.start(host, port)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        symbols = ", ".join(fake.clock.series)
+        pace = f"{fake.speed:g}x" if fake.speed else "stepped (POST /_fake/step)"
+        print(f"fake Binance USDT-M replaying {symbols} from {_iso(fake.clock.now_ms)} (venue time), {pace}")
+        print(f"  base_url_http       {fake.http_url}")
+        print(f"  base_url_ws         {fake.ws_url}   (data client)")
+        print(f"  base_url_ws_stream  {fake.ws_url}   (exec client; any HMAC api_key/api_secret)")
+        print(
+            f"  control             {fake.http_url}/_fake/state, /_fake/requests, POST /_fake/step|fail|..."
+        )
+        print("Ctrl-C stops it.", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await fake.stop()
+
+    asyncio.run(main())
