@@ -593,3 +593,35 @@ def test_skipped_and_stalled_klines_leave_gaps_while_the_clock_and_matching_go_o
     first_live = fake.fake.clock.now_ms - 4 * INTERVAL_MS
     assert opens == [first_live + INTERVAL_MS, first_live + 3 * INTERVAL_MS]
     assert fake.fake.clock.bars_replayed == 4
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+def test_qt_fake_exchange_refuses_bad_input_with_an_error_line_and_exit_2(catalog, tmp_path, capsys):
+    from quantum_trader.cli import main
+
+    assert main(["fake-exchange", "--catalog", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: no catalog at")
+    assert main(["fake-exchange", "--catalog", str(catalog), "--symbols", "DOGEUSDT"]) == 2
+    assert "unknown instrument DOGEUSDT-PERP.BINANCE" in capsys.readouterr().err
+    assert main(["fake-exchange", "--catalog", str(catalog), "--start", "2030-01-01"]) == 2
+    assert "after the last bar" in capsys.readouterr().err
+
+
+def test_qt_fake_exchange_serves_and_prints_the_urls_to_use(catalog):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "quantum_trader.cli", "fake-exchange", "--catalog", str(catalog)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0", "--speed", "0", "--symbols", "BTCUSDT"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        base = lines[1].split()[1]
+        assert lines[1].startswith("  base_url_http") and lines[2].split()[1] == base.replace("http", "ws")
+        assert call(base, "/fapi/v1/exchangeInfo", key=False)[1]["symbols"][0]["symbol"] == "BTCUSDT"
+        assert post_json(base, "/_fake/step", {"bars": 2})["closed"] == 2
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
