@@ -30,8 +30,13 @@ INTERVAL_MS = 300_000
 
 
 # ---- the probe node (runs in a subprocess) --------------------------------------------------------------
-def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float = 45) -> None:
-    """Build a TradingNode with the Binance USDT-M clients pointed at the fake and run the probe strategy."""
+def run_probe_node(
+    http_url: str, ws_url: str, out_path: str, mode: str = "trade", max_seconds: float = 45
+) -> None:
+    """Build a TradingNode with the Binance USDT-M clients pointed at the fake and run the probe strategy.
+
+    `mode="reconcile"`: trade nothing; record what the node reconciled at start and wait for a position to close.
+    """
     from nautilus_trader.adapters.binance import (
         BINANCE,
         BinanceAccountType,
@@ -59,6 +64,7 @@ def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float
         bar_type: str
         trade_size: str = "0.100"
         stop_distance: float = 0.02
+        trade: bool = True
 
     class Probe(Strategy):
         """Warm up, buy at market on the first live bar, protect with a reduce-only stop, wait for it."""
@@ -72,9 +78,16 @@ def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float
             self.events: list[dict] = []
             self.entry = None
             self.done = False
+            self.at_start: dict = {}
 
         def on_start(self):
             self.instrument = self.cache.instrument(self.iid)
+            self.at_start = {
+                "positions": [(p.side.name, str(p.quantity)) for p in self.cache.positions_open()],
+                "orders": [
+                    (o.type_string(), o.status_string(), o.is_reduce_only) for o in self.cache.orders_open()
+                ],
+            }
             self.request_bars(self.bar_type, start=self.clock.utc_now() - timedelta(hours=3))
             self.subscribe_bars(self.bar_type)
 
@@ -84,7 +97,7 @@ def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float
 
         def on_bar(self, bar: Bar):
             self.live_bars.append(bar.ts_event)
-            if self.entry is None:
+            if self.config.trade and self.entry is None:
                 self.entry = self.order_factory.market(
                     self.iid, OrderSide.BUY, self.instrument.make_qty(self.config.trade_size)
                 )
@@ -136,7 +149,8 @@ def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float
         timeout_disconnection=2.0, timeout_post_stop=1.0,
     )  # fmt: skip
     node = TradingNode(config=config)
-    probe = Probe(ProbeConfig(instrument_id=IID, bar_type=f"{IID}-5-MINUTE-LAST-EXTERNAL"))
+    bar_type = f"{IID}-5-MINUTE-LAST-EXTERNAL"
+    probe = Probe(ProbeConfig(instrument_id=IID, bar_type=bar_type, trade=mode == "trade"))
     node.trader.add_strategy(probe)
     node.add_data_client_factory(BINANCE, BinanceLiveDataClientFactory)
     node.add_exec_client_factory(BINANCE, BinanceLiveExecClientFactory)
@@ -144,14 +158,15 @@ def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float
 
     async def watch():
         deadline = time.monotonic() + max_seconds
-        while not probe.done and time.monotonic() < deadline:
+        cache = node.kernel.cache
+        while not (probe.done or cache.positions_closed()) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # let trailing events (ALGO_UPDATE FINISHED) land
-        cache = node.kernel.cache
         account = node.portfolio.account(Venue("BINANCE"))
         result = {
             "trader_running": node.trader.is_running,
             "done": probe.done,
+            "at_start": probe.at_start,
             "history": probe.history,
             "live_bars": probe.live_bars,
             "events": probe.events,
@@ -184,7 +199,7 @@ def run_probe_node(http_url: str, ws_url: str, out_path: str, max_seconds: float
 
 
 if __name__ == "__main__":
-    run_probe_node(*sys.argv[1:4])
+    run_probe_node(*sys.argv[1:5])
     sys.exit(0)
 
 
@@ -257,33 +272,44 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-# ---- (c) a real TradingNode trades against the fake ----------------------------------------------------
-def test_a_real_trading_node_warms_up_buys_and_is_stopped_out(fake, tmp_path):
-    out = tmp_path / "probe.json"
-    log_file = tmp_path / "node.log"
+def start_probe(fake, tmp_path: Path, name: str, mode: str = "trade") -> tuple[subprocess.Popen, Path, Path]:
+    """Start the probe node in a subprocess and wait until its strategy has subscribed to the 5m klines."""
+    out, log_file = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with open(log_file, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, __file__, fake.fake.http_url, fake.fake.ws_url, str(out)],
+            [sys.executable, __file__, fake.fake.http_url, fake.fake.ws_url, str(out), mode],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
-        try:
-            wait_for(
-                lambda: "btcusdt@kline_5m" in fake.state()["subscriptions"],
-                40,
-                "the kline subscription",
-                proc,
-            )
-            fake.step()  # bar closes at 100: the probe buys at market
-            wait_for(lambda: fake.state()["open_algo_orders"], 10, "the protective stop", proc)
-            entry = fake.state()
-            fake.step()  # bar falls to 95 through the 98 stop
-            wait_for(lambda: not fake.state()["positions"], 10, "the stop to close the position", proc)
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    subscribed = lambda: "btcusdt@kline_5m" in fake.state()["subscriptions"]  # noqa: E731
+    try:
+        wait_for(subscribed, 40, f"{name}: the kline subscription", proc)
+    except AssertionError:
+        stop_probe(proc)
+        raise AssertionError(log_file.read_text()[-3000:]) from None
+    return proc, out, log_file
+
+
+def stop_probe(proc: subprocess.Popen, timeout: float = 30) -> None:
+    try:
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# ---- (c) a real TradingNode trades against the fake ----------------------------------------------------
+def test_a_real_trading_node_warms_up_buys_and_is_stopped_out(fake, tmp_path):
+    proc, out, log_file = start_probe(fake, tmp_path, "probe")
+    try:
+        fake.step()  # bar closes at 100: the probe buys at market
+        wait_for(lambda: fake.state()["open_algo_orders"], 10, "the protective stop", proc)
+        entry = fake.state()
+        fake.step()  # bar falls to 95 through the 98 stop
+        wait_for(lambda: not fake.state()["positions"], 10, "the stop to close the position", proc)
+    finally:
+        stop_probe(proc)
     node_log = log_file.read_text()
     assert out.exists(), node_log[-3000:]
     result = json.loads(out.read_text())
@@ -625,3 +651,31 @@ def test_qt_fake_exchange_serves_and_prints_the_urls_to_use(catalog):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_a_killed_node_restarts_and_reconciles_the_venues_position_and_stop(fake, tmp_path):
+    first, _, _ = start_probe(fake, tmp_path, "first")
+    try:
+        fake.step()
+        wait_for(lambda: fake.state()["open_algo_orders"], 10, "the protective stop", first)
+    finally:
+        first.kill()  # kill -9: no orderly stop, the listen key is never deleted
+        first.wait()
+    wait_for(
+        lambda: not fake.state()["subscriptions"] and not fake.state()["user_streams"], 10, "the sockets"
+    )
+    second, out, log_file = start_probe(fake, tmp_path, "second", mode="reconcile")
+    try:
+        fake.step()  # the stop the first node left at the venue fires for the second
+        wait_for(lambda: not fake.state()["positions"], 10, "the stop to close the position", second)
+    finally:
+        stop_probe(second)
+    result = json.loads(out.read_text())
+    # Cold start (no cache database): the venue's position and resting stop were adopted at start.
+    assert result["at_start"] == {
+        "positions": [["LONG", "0.100"]],
+        "orders": [["STOP_MARKET", "ACCEPTED", True]],
+    }
+    assert [p["closed"] for p in result["positions"]] == [True], log_file.read_text()[-3000:]
+    assert [o["status"] for o in result["orders"] if o["type"] == "STOP_MARKET"] == ["FILLED"]
+    assert "[ERROR]" not in log_file.read_text()
