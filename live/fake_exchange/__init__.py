@@ -14,9 +14,13 @@ Adapter facts found while building it (Nautilus 1.231, beyond /work/shared/NAUTI
 - Reconciliation reads `createTime` of every algo row (`_parse_algo_order_report` compares it to the lookback
   start), so it must never be null. Algo rows with a non-empty `actualOrderId` are skipped there in favour of the
   triggered regular order, which therefore must be in `allOrders` with `clientOrderId == clientAlgoId`.
-- After `ALGO_UPDATE TRIGGERED`, the order's venue id is the new matching-engine order id; the following
-  ORDER_TRADE_UPDATE NEW for it produces a duplicate OrderAccepted that the engine logs at debug and ignores.
+- After `ALGO_UPDATE TRIGGERED` the order's venue id becomes the new matching-engine order id (OrderUpdated,
+  seen twice when ORDER_TRADE_UPDATE NEW follows at once). That NEW also yields a second OrderAccepted: the
+  engine logs the invalid transition at debug, yet the strategy still receives the event (seen in the probe).
   The fill comes from ORDER_TRADE_UPDATE TRADE; FINISHED only back-fills a missed fill (commission 0).
+- The adapter's handlers read order state from the cache, which the engine updates from a queue. Sent in one
+  burst, FINISHED was handled before the TRADE's fill was applied: the adapter emitted a synthetic fill and the
+  engine logged "Order overfill rejected" (ERROR; no double fill). The fake spaces user events by 20 ms.
 - `request_bars` history is filtered by the node's wall clock (`ts_event < now`), so klines stamped in the
   node's future vanish from warm-up. Hence the replay is aligned to wall-clock time by default (see `clock`).
 - Order and trade timestamps must be near the node's wall clock: reconciliation filters allOrders by
