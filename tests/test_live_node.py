@@ -380,3 +380,57 @@ def test_a_refused_exchange_connection_is_critical_and_exits_non_zero_without_le
         assert "SENTINEL" not in key + dumped
     for text in (done.stdout, done.stderr, logs):
         assert "SENTINEL" not in text
+
+
+# ---- end to end: `qt live` against the local fake exchange ---------------------------------------------
+def test_qt_live_trades_on_the_fake_exchange_and_flattens_on_sigint(tmp_path):
+    """`qt live configs/live/fake_exchange.yaml` (only the port changed) against `live/fake_exchange`: the EMA
+    cross trades on the fake's closing klines, and SIGINT closes the position there before a clean exit."""
+    import signal
+    import time
+
+    import pandas as pd
+
+    from live.fake_exchange.server import FakeBinance
+    from tests.conftest import build_catalog, candles
+
+    history = 10
+    closes = np.concatenate([np.full(history, 100.0), np.linspace(100.0, 110.0, 10)])
+    build_catalog(tmp_path / "catalog", {"BTCUSDT": candles(np.round(closes, 4))})
+    start = pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(minutes=5 * history)
+    config = yaml.safe_load((ROOT / "configs" / "live" / "fake_exchange.yaml").read_text())
+    with FakeBinance(tmp_path / "catalog", ["BTCUSDT"], start=start).start_in_thread() as fake:
+        config["endpoints"] = {"http": fake.fake.http_url, "ws": fake.fake.ws_url}
+        path = tmp_path / "fake_exchange.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = os.environ | KEYS | {"PYTHONPATH": str(ROOT)}
+        node = subprocess.Popen(
+            [sys.executable, "-m", "quantum_trader.cli", "live", str(path), "--duration", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while "btcusdt@kline_5m" not in fake.state()["subscriptions"]:
+                assert node.poll() is None and time.monotonic() < deadline, "the node never subscribed"
+                time.sleep(0.1)
+            for _ in range(8):  # EmaCross(2, 4) is ready after 4 bars and goes long on the rise
+                fake.step()
+                time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while not fake.state()["positions"]:
+                assert time.monotonic() < deadline, "no position at the fake"
+                time.sleep(0.1)
+            opened = fake.state()
+            node.send_signal(signal.SIGINT)
+            output, _ = node.communicate(timeout=30)
+        finally:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+        closed = fake.state()
+    assert node.returncode == 0, output[-3000:]
+    assert "RUNNING fake_exchange" in output
+    assert float(opened["positions"]["BTCUSDT"]["positionAmt"]) > 0  # the order reached the fake and filled
+    assert len(closed["fills"]) >= 2 and not closed["positions"], output[-3000:]  # flattened on SIGINT
+    assert "SENTINEL" not in output
+    assert "[ERROR]" not in output, [line for line in output.splitlines() if "[ERROR]" in line]
