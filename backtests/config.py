@@ -1,14 +1,17 @@
 """The backtest config file: one YAML describes a whole run. See configs/backtests/*.yaml and the README."""
 
-import importlib
-import traceback
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-import msgspec
 from pydantic import Field, field_validator, model_validator
 
-from quantum_trader.config import ConfigError, StrictModel, load_config, parse_config
+from quantum_trader.components import (  # noqa: F401 (re-exported: the backtest config's component schema)
+    ComponentConfig,
+    ProfileFields,
+    build_component_config,
+    resolve_component,
+)
+from quantum_trader.config import StrictModel, load_config, parse_config
 
 MEGACAPS = (
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT", "AVAXUSDT",
@@ -89,25 +92,14 @@ class VenueConfig(StrictModel):
         return v
 
 
-class ComponentConfig(StrictModel):
-    """A strategy or actor by import path, `module:Class`; its config class is `ClassConfig` beside it."""
-
-    path: str
-    config: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("path")
-    @classmethod
-    def _importable(cls, path: str):
-        resolve_component(path)
-        return path
-
-
 class ReportConfig(StrictModel):
     tearsheet: bool = True
     equity_sample_minutes: int = Field(60, ge=1)
 
 
-class BacktestConfig(StrictModel):
+class BacktestConfig(ProfileFields):
+    """`exit_profile` and `risk_profile` (quantum_trader/components.py) are given to every component."""
+
     name: str = "backtest"
     catalog: str = "data/catalog"
     universe: UniverseConfig = UniverseConfig()
@@ -116,12 +108,6 @@ class BacktestConfig(StrictModel):
     strategies: list[ComponentConfig] = Field(min_length=1)
     actors: list[ComponentConfig] = Field(default_factory=list)
     report: ReportConfig = ReportConfig()
-    exit_profile: str | None = Field(
-        None, description="configs/exits/<name>.yaml or a path; given to every component with the field"
-    )
-    risk_profile: str | None = Field(
-        None, description="configs/risk/<name>.yaml or a path; given to every component with the field"
-    )
     seed: int = 42
     stream_days: float = Field(
         1.0, gt=0, description="bars are handed to the engine this many days at a time (bounds memory)"
@@ -141,70 +127,6 @@ class BacktestConfig(StrictModel):
                 f"(got {levered}); allowed: 1, or leave them out"
             )
         return self
-
-    @field_validator("exit_profile")
-    @classmethod
-    def _exit_profile_loads(cls, name: str | None):
-        if name is not None:
-            from strategies.exit_profile import load_exit_profile
-
-            load_exit_profile(name)
-        return name
-
-    @field_validator("risk_profile")
-    @classmethod
-    def _risk_profile_loads(cls, name: str | None):
-        if name is not None:
-            from actors.risk_profile import load_risk_profile
-
-            load_risk_profile(name)
-        return name
-
-
-def resolve_component(path: str) -> tuple[type, type]:
-    module_name, sep, class_name = path.partition(":")
-    if not sep or not module_name or not class_name:
-        raise ValueError(f"expected 'module:Class', e.g. 'strategies.ema_cross:EmaCross', got {path!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # a module that fails while importing is as much a bad path as a missing one
-        raise ValueError(f"cannot import module {module_name!r}: {_import_failure(err)}") from None
-    cls = getattr(module, class_name, None)
-    config_cls = getattr(module, f"{class_name}Config", None)
-    if cls is None or config_cls is None:
-        raise ValueError(f"module {module_name!r} must define {class_name} and {class_name}Config")
-    return cls, config_cls
-
-
-def _import_failure(err: Exception) -> str:
-    """The module's own error on one line, at the line that raised it: `mine.py:3: SyntaxError: ...`."""
-    if isinstance(err, SyntaxError):
-        where, message = f"{err.filename}:{err.lineno}: ", err.msg
-    else:
-        # The first frame is resolve_component, then importlib's: none of them is the module's.
-        frames = [
-            f
-            for f in traceback.extract_tb(err.__traceback__)[1:]
-            if f.filename != importlib.__file__ and not f.filename.startswith("<frozen")
-        ]
-        where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
-        message = str(err)
-    return where + f"{type(err).__name__}: " + " ".join(message.split())
-
-
-def build_component_config(component: ComponentConfig, where: str, **injected):
-    """The component's own (msgspec) config; field errors are reported as `where.config.<field>`."""
-    _, config_cls = resolve_component(component.path)
-    fields = set(msgspec.structs.fields(config_cls) and (f.name for f in msgspec.structs.fields(config_cls)))
-    data = {k: v for k, v in injected.items() if k in fields} | component.config
-    unknown = sorted(set(component.config) - fields)
-    if unknown:
-        raise ConfigError(f"{where}.config: unknown field(s) {unknown}; allowed: {sorted(fields)}")
-    try:
-        return msgspec.convert(data, config_cls)
-    except (msgspec.ValidationError, TypeError) as err:
-        detail = str(err).replace("$.", f"{where}.config.")
-        raise ConfigError(f"{where}.config: {detail}") from None
 
 
 def load_backtest_config(path) -> BacktestConfig:

@@ -35,11 +35,12 @@ from actors.event_recorder import EventRecorder
 from actors.signal_recorder import SignalRecorder
 from backtests.analyzer_fix import buffer_trade_records
 from backtests.bar_feed import BarFeed
-from backtests.config import MEGACAPS, BacktestConfig, build_component_config, resolve_component
+from backtests.config import MEGACAPS, BacktestConfig
 from backtests.progress import ProgressActor, ProgressActorConfig
 from backtests.simulation import BpsSlippageFillModel, FundingModule
 from catalog.instruments import VENUE, instrument_id, symbol_of
 from catalog.store import CatalogStore, bar_type_for
+from quantum_trader.components import bind_risk_engine, build_components
 from quantum_trader.config import ConfigError
 from quantum_trader.snapshot_memo import memoize_position_snapshots
 
@@ -253,21 +254,12 @@ def add_components(engine: BacktestEngine, cfg: BacktestConfig, universe: Univer
         "liquidation_guard": cfg.venue.liquidation and cfg.universe.market == "futures",
         "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
         "execution_delay_bars": 1 if cfg.venue.fill_timing == "next_bar_close" else 0,
-    }
-    for name in ("exit_profile", "risk_profile"):
-        if getattr(cfg, name) is not None:
-            injected[name] = getattr(cfg, name)
-    strategies = []
-    for i, comp in enumerate(cfg.strategies):
-        cls, _ = resolve_component(comp.path)
-        # Two instances of one class need distinct ids; the tag makes them so.
-        tagged = injected | {"order_id_tag": f"{i:03d}"}
-        strategy = cls(build_component_config(comp, f"strategies[{i}]", **tagged))
+    } | cfg.profile_injections()
+    strategies, actors = build_components(cfg.strategies, cfg.actors, injected)
+    for strategy in strategies:
         engine.add_strategy(strategy)
-        strategies.append(strategy)
-    for i, comp in enumerate(cfg.actors):
-        cls, _ = resolve_component(comp.path)
-        engine.add_actor(cls(build_component_config(comp, f"actors[{i}]", **injected)))
+    for actor in actors:
+        engine.add_actor(actor)
     return strategies
 
 
@@ -323,11 +315,7 @@ def rare_young_gc_passes(threshold: int = 50_000) -> Iterator[None]:
 
 
 def _bind_risk_engine(engine: BacktestEngine) -> None:
-    """The emergency stop halts through Nautilus' own trading state, which lives on the risk engine; strategies
-    read the order rate it enforces."""
-    for actor in [*engine.trader.actors(), *engine.trader.strategies()]:
-        if hasattr(actor, "bind_risk_engine"):
-            actor.bind_risk_engine(engine.kernel.risk_engine)
+    bind_risk_engine([*engine.trader.actors(), *engine.trader.strategies()], engine.kernel.risk_engine)
 
 
 class HistoryCatalog(ParquetDataCatalog):

@@ -68,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--no-progress", action="store_true")
     wf.set_defaults(func=cmd_walkforward)
 
+    lv = sub.add_parser("live", help="run the live (or paper) Binance USDT-M node from a YAML config")
+    lv.add_argument("config", type=Path)
+    lv.add_argument(
+        "--mainnet",
+        action="store_true",
+        help="trade on Binance mainnet (the config must say environment: live)",
+    )
+    lv.add_argument("--duration", type=float, help="stop gracefully after this many seconds (demos, tests)")
+    lv.set_defaults(func=cmd_live)
+
     from quantum_trader.cli_models import add_models_commands
 
     add_models_commands(sub)
@@ -79,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=float, help="override the config's data.days")
     demo.add_argument("--seed", type=int, help="override the config's data.seed")
     demo.set_defaults(func=cmd_demo)
+
+    fx = sub.add_parser(
+        "fake-exchange", help="serve a local fake Binance USDT-M venue that replays a catalog (tests, demos)"
+    )
+    fx.add_argument("--catalog", type=Path, required=True)
+    fx.add_argument("--symbols", nargs="+", help="symbols such as BTCUSDT (default: every perpetual)")
+    fx.add_argument(
+        "--start", help="replay start; earlier bars are history (default: 200 bars in, at most half-way)"
+    )
+    fx.add_argument("--end", help="replay end (default: the catalog's last bar)")
+    fx.add_argument(
+        "--speed", type=float, default=300, help="x real time; 300 closes a 5m bar a second; 0 steps"
+    )
+    fx.add_argument("--port", type=int, default=18765, help="0 picks a free port")
+    fx.add_argument("--host", default="127.0.0.1")
+    fx.add_argument("--balance", type=float, default=10_000, help="USDT wallet balance")
+    fx.add_argument("--state-file", type=Path, help="keep the account in this JSON file across restarts")
+    fx.add_argument("--no-align", action="store_true", help="keep catalog timestamps (default: start at now)")
+    fx.set_defaults(func=cmd_fake_exchange)
     return parser
 
 
@@ -239,10 +268,39 @@ def cmd_walkforward(args) -> int:
     return 0
 
 
+def cmd_live(args) -> int:
+    """Exit codes: 0 clean stop, 2 config or usage error, 3 CRITICAL health (the node did not start trading)."""
+    from live.config import load_live_config
+    from live.node import run
+
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError(f"--duration must be positive seconds, got {args.duration}")
+    cfg = load_live_config(args.config)
+
+    def report(line: str) -> None:
+        print(line, file=sys.stderr if line.startswith("CRITICAL") else sys.stdout, flush=True)
+
+    return run(cfg, mainnet=args.mainnet, duration=args.duration, report=report)
+
+
 def cmd_demo(args) -> int:
     from backtests.demo import run_demo
 
     run_demo(args.out, args.config, symbols=args.symbols, days=args.days, seed=args.seed)
+    return 0
+
+
+def cmd_fake_exchange(args) -> int:
+    from live.fake_exchange.server import FakeBinance, serve
+
+    if args.speed < 0:
+        raise ValueError(f"--speed must be >= 0, got {args.speed:g}")
+    fake = FakeBinance(
+        args.catalog, args.symbols, args.start, args.end, speed=args.speed, balance=args.balance,
+        align_to_now=not args.no_align, state_file=args.state_file,
+    )  # fmt: skip
+    logging.getLogger("live.fake_exchange").setLevel(logging.INFO)
+    serve(fake, args.host, args.port)
     return 0
 
 

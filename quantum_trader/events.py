@@ -5,6 +5,7 @@ to msgpack for Redis streams. No `from __future__ import annotations` here: the 
 field types at class creation.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -212,3 +213,49 @@ class HealthEvent(Data):
     component: str = ""
     status: str = "ok"
     reason: str = ""
+
+
+def bar_close_signals_to_dict(batch: BarCloseSignals) -> dict:
+    """Primitives only (the message bus encodes them as JSON or msgpack); NaN votes become null in JSON."""
+    return {
+        "type": "BarCloseSignals",
+        "ts_event": batch.ts_event,
+        "ts_init": batch.ts_init,
+        "instrument_ids": [str(i) for i in batch.instrument_ids],
+        "direction": [int(d) for d in batch.direction],
+        "confidence": [float(x) for x in batch.confidence],
+        "prob_up": [float(x) for x in batch.prob_up],
+        "forecast": [float(x) for x in batch.forecast],
+        "votes": {kind: [float(x) for x in values] for kind, values in batch.votes.items()},
+        "model_ids": batch.model_ids,
+        "features_hash": batch.features_hash,
+    }
+
+
+def bar_close_signals_from_dict(d: dict) -> BarCloseSignals:
+    floats = lambda values: np.array(values, dtype=np.float64)  # noqa: E731 (None -> NaN)
+    return BarCloseSignals(
+        ts_event=int(d["ts_event"]),
+        ts_init=int(d["ts_init"]),
+        instrument_ids=[InstrumentId.from_str(i) for i in d["instrument_ids"]],
+        direction=np.array(d["direction"], dtype=np.int8),
+        confidence=floats(d["confidence"]),
+        prob_up=floats(d["prob_up"]),
+        forecast=floats(d["forecast"]),
+        votes={kind: floats(values) for kind, values in d["votes"].items()},
+        model_ids=d["model_ids"],
+        features_hash=d["features_hash"],
+    )
+
+
+def register_bus_types() -> None:
+    """Make every event of this module publishable to external message-bus streams (Redis).
+
+    A Nautilus MessageBus copies the set of publishable types when it is constructed, so this must run
+    before a TradingNode is built. The `@customdataclass` events register themselves when this module is
+    imported; `BarCloseSignals` is a plain `Data` subclass and is registered here. Idempotent.
+    """
+    from nautilus_trader.serialization.base import register_serializable_type
+
+    with contextlib.suppress(KeyError):  # already registered in this process
+        register_serializable_type(BarCloseSignals, bar_close_signals_to_dict, bar_close_signals_from_dict)

@@ -2,6 +2,9 @@
 
 import os
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,36 @@ def walk_catalog(tmp_path) -> Path:
     frames = {f"T{i}USDT": candles(random_walk(1500, seed=i)) for i in range(3)}
     build_catalog(tmp_path / "catalog", frames)
     return tmp_path / "catalog"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    """A real redis-server on a free loopback port, for one test; stopped after it."""
+    service_or_skip("redis-server", package="redis-server")
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(
+        ["redis-server", *args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

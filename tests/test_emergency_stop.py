@@ -7,9 +7,6 @@ records on every bar what a strategy sees of the stop (`emergency_state(cache)`)
 """
 
 import functools
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pandas as pd
@@ -29,7 +26,7 @@ from backtests.runner import run_backtest
 from quantum_trader.config import ConfigError
 from quantum_trader.events import HealthEvent, OperatorCommand, RiskEvent
 from strategies.base import QTStrategy, QTStrategyConfig
-from tests.conftest import build_catalog, candles, service_or_skip
+from tests.conftest import build_catalog, candles
 
 T0 = pd.Timestamp("2025-01-01", tz="UTC")
 BARS_PER_DAY = 288
@@ -382,34 +379,6 @@ def test_the_configured_actions_are_published_in_their_order(tmp_path):
 
 
 # ---- persistence across a restart ----------------------------------------------------------------------
-@pytest.fixture
-def redis_port(tmp_path):
-    service_or_skip("redis-server", package="redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(
-        ["redis-server", *args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail(f"redis-server did not start on port {port}")
-                time.sleep(0.05)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def test_a_trip_survives_a_restart_with_a_redis_cache_until_a_reset(tmp_path, redis_port, monkeypatch):
     # The runner's engine config with a persistent cache: same trader id (QT-001), same Redis.
     cache = CacheConfig(database=DatabaseConfig(type="redis", host="127.0.0.1", port=redis_port))
