@@ -135,7 +135,11 @@ class LiveConfig(ProfileFields):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     flatten_on_stop: bool = Field(False, description="cancel orders and close positions before stopping")
     warmup_bars: int = Field(
-        0, ge=0, le=1500, description="given to every component with the field (history to request at start)"
+        0,
+        ge=0,
+        le=1500,
+        description="bars of history every strategy requests at start, so its features are ready at the first "
+        "live bar (the ensemble needs 300 + its model window, e.g. 500)",
     )
     models: str | None = Field(None, description="model registry folder, given to components as `registry`")
     endpoints: EndpointsConfig | None = None

@@ -236,6 +236,9 @@ def build_live_components(cfg: LiveConfig) -> tuple[list, list]:
     injected = {
         "bar_types": tuple(str(bt) for bt in bar_types(cfg)),
         "warmup_bars": cfg.warmup_bars,
+        # Binance liquidates a position itself; the backtest's guard stop stands in for that venue behaviour
+        # and has no place on a real exchange (it would only cost orders).
+        "liquidation_guard": False,
     } | cfg.profile_injections()
     if cfg.models is not None:
         injected["registry"] = cfg.models
