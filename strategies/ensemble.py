@@ -60,24 +60,38 @@ class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
 
 
 class BatchLatency:
-    """Per live batch: nanoseconds from the alert's due time to its firing, and from firing to done."""
+    """Per live batch: nanoseconds from the alert's due time to its firing, from firing to done, and the
+    entries it sent (an entry's gates, sizing and order submission are most of a trading batch's time)."""
 
     def __init__(self, keep: int = 100_000) -> None:
         self.late_ns: deque[int] = deque(maxlen=keep)
         self.work_ns: deque[int] = deque(maxlen=keep)
+        self.entries: deque[int] = deque(maxlen=keep)
+        self.score_ns: deque[int] = deque(maxlen=keep)
 
-    def add(self, late_ns: int, work_ns: int) -> None:
+    def add(self, late_ns: int, work_ns: int, entries: int, score_ns: int) -> None:
         self.late_ns.append(late_ns)
         self.work_ns.append(work_ns)
+        self.entries.append(entries)
+        self.score_ns.append(score_ns)
 
     def summary(self) -> str:
-        work, total = np.array(self.work_ns) / 1e6, (np.array(self.late_ns) + np.array(self.work_ns)) / 1e6
-        p50, p99 = np.percentile(work, [50, 99])
-        t50, t99 = np.percentile(total, [50, 99])
-        return (
-            f"Batch latency over {len(work):,} batches: work p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-            f"max {work.max():.2f} ms; with the timer's lateness p50 {t50:.2f} ms, p99 {t99:.2f} ms"
-        )
+        work, late = np.array(self.work_ns) / 1e6, np.array(self.late_ns) / 1e6
+        entries = np.array(self.entries)
+        parts = [f"Batch latency over {len(work):,} batches: {_percentiles(work)}"]
+        parts.append(f"scoring (features, models, vote): {_percentiles(np.array(self.score_ns) / 1e6)}")
+        for name, rows in (("no entry", entries == 0), ("with entries", entries > 0)):
+            if rows.any():
+                parts.append(
+                    f"{name} ({rows.sum():,}, {entries[rows].sum():,} entries): {_percentiles(work[rows])}"
+                )
+        parts.append(f"with the timer's lateness: {_percentiles(work + late)}")
+        return "; ".join(parts)
+
+
+def _percentiles(ms: np.ndarray) -> str:
+    p50, p99 = np.percentile(ms, [50, 99])
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {ms.max():.2f} ms"
 
 
 class EnsembleStrategy(QTStrategy):
@@ -98,6 +112,7 @@ class EnsembleStrategy(QTStrategy):
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
         self._batch_alert = ""
+        self._scored_at = 0
         self._last_trade_ns: dict[InstrumentId, int] = {}
         self._threshold = (
             self.risk.profile.entry_confidence if self.risk is not None else config.entry_threshold
@@ -168,10 +183,11 @@ class EnsembleStrategy(QTStrategy):
         if event is None:  # warm-up: history, not a live close
             self._run_batch()
             return
-        started = time.perf_counter_ns()
+        started, entries = time.perf_counter_ns(), self.entries
         late = self.clock.timestamp_ns() - event.ts_event
         self._run_batch()
-        self.batch_latency.add(late, time.perf_counter_ns() - started)
+        done = time.perf_counter_ns()
+        self.batch_latency.add(late, done - started, self.entries - entries, self._scored_at - started)
 
     def on_stop(self) -> None:
         if self.batch_latency.work_ns:
@@ -185,6 +201,7 @@ class EnsembleStrategy(QTStrategy):
         rows = self._features.update(slots, *ohlcv)
         closes, atr_ratios = ohlcv[3], rows[:, self._atr_column]
         scored = self._replay(slots, bars) if self.ensemble is None else self._score(slots, bars, rows)
+        self._scored_at = time.perf_counter_ns()
         for batch, positions in scored:
             self._act_on_batch(batch, closes[positions], atr_ratios[positions])
 
