@@ -82,7 +82,7 @@ def bars(closes: list[float], tail: list[tuple] = ()) -> pd.DataFrame:
     )
 
 
-def node_config(fake, redis_port: int) -> dict:
+def node_config(fake, redis_port: int, exit_profile: str = "default") -> dict:
     return {
         "name": "restart",
         "trader_id": TRADER,
@@ -94,7 +94,7 @@ def node_config(fake, redis_port: int) -> dict:
         "message_bus": {"heartbeat_seconds": 1},
         "reconciliation": {"startup_delay_secs": 0},
         "timeouts": {"connection": 15, "reconciliation": 10, "disconnection": 2, "post_stop": 0.5},
-        "exit_profile": "default",
+        "exit_profile": exit_profile,
         "strategies": [
             {
                 "path": "tests.strategies_for_tests:EnterWhenFlat",
@@ -201,7 +201,7 @@ def exit_events(r: redis.Redis) -> list[dict]:
 class Session:
     """The fake exchange, Redis and the `qt live` processes of one scenario."""
 
-    def __init__(self, tmp_path: Path, redis_port: int, frame: pd.DataFrame):
+    def __init__(self, tmp_path: Path, redis_port: int, frame: pd.DataFrame, exit_profile: str = "default"):
         from live.fake_exchange.server import FakeBinance
 
         build_catalog(tmp_path / "catalog", {"BTCUSDT": frame})
@@ -209,7 +209,7 @@ class Session:
         self.r = redis.Redis(port=redis_port)
         self.fake = FakeBinance(tmp_path / "catalog", ["BTCUSDT"], start=START).start_in_thread()
         self.config_path = tmp_path / "restart.yaml"
-        self.config_path.write_text(yaml.safe_dump(node_config(self.fake, redis_port)))
+        self.config_path.write_text(yaml.safe_dump(node_config(self.fake, redis_port, exit_profile)))
         self.nodes: list[Node] = []
 
     def start(self) -> Node:
@@ -468,3 +468,47 @@ def test_a_position_with_neither_record_nor_stop_is_closed_at_market_on_restart(
         assert node.proc.wait(30) == 0
     finally:
         session.close()
+
+
+def test_a_take_profit_filled_while_the_node_was_down_moves_the_stop_to_break_even_on_restart(
+    tmp_path, redis_port
+):
+    """CHALLENGE_100 (ATR 1: R 1.5): stop 1.5R at 97.75, TP1 at 1R (101.5) for 30%, TP2 at 2R (103) for the rest,
+    stop to break-even after TP1. TP1 fills at the venue while the node is dead; the restarted node sees the
+    smaller position, marks TP1 done and moves the stop to the entry for the 7 left, keeping TP2."""
+    session = Session(tmp_path, redis_port, bars([ENTRY, ENTRY, 101.6, 101.6]), exit_profile="challenge_100")
+    try:
+        node = session.start()
+        entered = session.enter(node)
+        (stop,) = entered["open_algo_orders"]
+        tp1, tp2 = sorted(entered["open_orders"], key=lambda o: float(o["price"]))
+        assert (float(stop["triggerPrice"]), float(tp1["price"]), tp1["origQty"], float(tp2["price"]), tp2["origQty"]) == (
+            97.75, 101.5, "3.000", 103.0, "7.000")  # fmt: skip
+        session.kill(node)
+        session.fake.step(2)  # 100, then up to 101.6: TP1 fills while the node is down
+        assert session.fake.state()["positions"]["BTCUSDT"]["positionAmt"] == "7"
+        mark = session.marked()
+        node = session.start()
+        moved = wait_for(lambda: break_even(session.fake), 10, "the break-even stop", node)
+        time.sleep(0.5)
+        writes = session.writes(mark)
+        assert [(m, p) for m, p, _ in writes] == [
+            ("POST", "/fapi/v1/algoOrder"),
+            ("DELETE", "/fapi/v1/algoOrder"),
+        ]
+        assert writes[1][2]["algoId"] == str(stop["algoId"])  # the adopted 1.5R stop, cancelled once
+        assert [(float(a["triggerPrice"]), a["quantity"]) for a in moved] == [(ENTRY, "7.000")]
+        assert [o["clientOrderId"] for o in session.fake.state()["open_orders"]] == [tp2["clientOrderId"]]
+        rec = wait_for(
+            lambda: (x := record(session.r)) and x["stop_tag"] == "BREAKEVEN" and x, 5, "the record", node
+        )
+        assert rec["tp1_done"] and rec["quantity"] == 7.0 and rec["tp_ids"] == [tp2["clientOrderId"]]
+        node.proc.send_signal(signal.SIGINT)
+        assert node.proc.wait(30) == 0
+    finally:
+        session.close()
+
+
+def break_even(fake) -> list[dict] | None:
+    algos = fake.state()["open_algo_orders"]
+    return algos if len(algos) == 1 and float(algos[0]["triggerPrice"]) == ENTRY else None
