@@ -181,6 +181,11 @@ class ExitBrain:
         except ValueError as err:
             self.strategy.log.warning(f"Exit Brain: unreadable state for {instrument_id} ignored ({err})")
             return None
+        if not isinstance(record, dict):
+            self.strategy.log.warning(
+                f"Exit Brain: unreadable state for {instrument_id} ignored (not an object)"
+            )
+            return None
         return record or None
 
     # ---- position lifecycle (called by the strategy's handlers) -------------------------------------
@@ -349,14 +354,21 @@ class ExitBrain:
                     self._saved[iid] = b""
                     self._save(iid)
                 continue
+            line, restored = None, False
             if record is not None and record.get("side") == position.side.name:
-                line = self._restore_recorded(iid, position, record, orders)
-            else:
-                if record is not None:
-                    self.strategy.log.warning(
-                        f"Exit Brain: the record of {iid} says {record.get('side')}, the venue "
-                        f"{position.side.name}: record ignored"
-                    )
+                try:
+                    line = self._restore_recorded(iid, position, record, orders)
+                    restored = True
+                except (AttributeError, KeyError, TypeError, ValueError) as err:
+                    self.strategy.log.warning(f"Exit Brain: unusable record of {iid} ignored ({err!r})")
+                    self.positions.pop(iid, None)
+                    self._roles.pop(iid, None)
+            elif record is not None:
+                self.strategy.log.warning(
+                    f"Exit Brain: the record of {iid} says {record.get('side')}, the venue "
+                    f"{position.side.name}: record ignored"
+                )
+            if not restored:
                 line = self._adopt_unknown(iid, position, orders)
             self._saved[iid] = b""
             self._save(iid)

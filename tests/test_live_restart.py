@@ -1,6 +1,7 @@
 """Restart recovery (issue 12): `qt live` is killed with -9 while it holds a position protected by resting
 exchange-side exits, and restarted on the same Redis against the same fake exchange, `QT_RESTART_CYCLES` times
-(default 10, about 2 s each; `make test-restart` runs them alone).
+(3 in the suite; `make test-restart` runs this file alone with 10, the issue's done-criterion, `CYCLES=N` for
+more).
 
 Each restart must: enter nothing (the strategy enters whenever it is flat), send no order and cancel none, find
 the same stop and take-profit resting at the venue (none duplicated, none lost), take them back as the Exit
@@ -32,7 +33,9 @@ import yaml
 from tests.conftest import build_catalog, free_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-CYCLES = int(os.environ.get("QT_RESTART_CYCLES", "10"))  # the issue asks for 10 in a row; about 2 s each
+# Restart cycles of the kill -9 test: 3 in the suite (the file costs about 45 s); the issue's done-criterion is
+# 10 in a row: `make test-restart` (QT_RESTART_CYCLES=10, about 2.5 s a cycle).
+CYCLES = max(1, int(os.environ.get("QT_RESTART_CYCLES", "3")))
 TRADER = "RESTART-001"
 STRATEGY = "EnterWhenFlat-000"
 IID = "BTCUSDT-PERP.BINANCE"
@@ -405,6 +408,24 @@ def test_a_restart_adopts_an_unrecorded_stop_places_a_lost_one_again_and_forgets
         )
         assert rec["roles"] == {stop["clientAlgoId"]: "SL", tp["clientOrderId"]: "TP1"}
         assert rec["risk_per_unit"] == pytest.approx(1.5)  # R from the stop's distance
+
+        # 1b. A record of the right side that cannot be read back (a field that is not a number): ignored with a
+        #     warning, and the resting exits are adopted as if there were none; nothing is sent.
+        session.kill(node)
+        session.r.set(f"trader-{TRADER}:general:qt.exit_brain.{STRATEGY}.{IID}",
+                      json.dumps({"side": "LONG", "entry": "garbage", "roles": {}}))  # fmt: skip
+        mark = session.marked()
+        node = session.start()
+        log = wait_for(lambda: "without a record" in (t := node.log()) and t, 5, "the adoption", node)
+        assert f"Exit Brain: unusable record of {IID} ignored" in log
+        assert f"adopted its resting stop {stop['clientAlgoId']} at 98.5" in log
+        assert session.writes(mark) == []
+        rec = wait_for(lambda: (x := record(session.r)) and "stop_id" in x and x, 5, "a new record", node)
+        assert (rec["stop_id"], rec["tp_ids"], rec["entry"]) == (
+            stop["clientAlgoId"],
+            [tp["clientOrderId"]],
+            ENTRY,
+        )
 
         # 2. The record is there but the stop is gone from the venue: it is placed again, once, where it was.
         session.kill(node)
