@@ -380,6 +380,9 @@ async def run_live(live: LiveNode, duration: float | None = None, report=print) 
             )
             await node.stop_async()
             return EXIT_CRITICAL
+        if not await startup_flat_check(live, report):
+            await node.stop_async()
+            return EXIT_CRITICAL
         report(
             f"RUNNING {live.cfg.name}: trader {live.cfg.trader_id}, {live.cfg.environment}"
             f"{' paper' if live.cfg.paper else ''}, {len(live.strategies)} strategies, "
@@ -394,6 +397,49 @@ async def run_live(live: LiveNode, duration: float | None = None, report=print) 
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def startup_flat_check(live: LiveNode, report=print) -> bool:
+    """After reconciliation and the strategies' start: the venue's positions (positionRisk, asked again here)
+    against the positions the cache holds, per symbol, and who owns them. Logs what was adopted; a mismatch
+    (the cache would trade from a wrong position) is CRITICAL and the node does not run. Paper trading and a
+    node without reconciliation have no venue positions to compare."""
+    if live.cfg.paper or not live.cfg.reconciliation.enabled:
+        return True
+    from nautilus_trader.core.uuid import UUID4
+    from nautilus_trader.execution.messages import GeneratePositionStatusReports
+
+    kernel = live.node.kernel
+    client = kernel.exec_engine._clients.get(ClientId(str(BINANCE)))
+    if client is None:
+        return True
+    command = GeneratePositionStatusReports(
+        instrument_id=None, start=None, end=None, command_id=UUID4(), ts_init=kernel.clock.timestamp_ns()
+    )
+    try:
+        reports = await client.generate_position_status_reports(command)
+    except Exception as err:  # the venue's positions are unknown: do not trade on the cache's alone
+        report(f"CRITICAL: start-up flat check: positionRisk failed ({type(err).__name__}: {err})")
+        return False
+    venue = {r.instrument_id: r.signed_decimal_qty for r in reports}
+    cache, ok = kernel.cache, True
+    for iid in instrument_ids(live.cfg):
+        held = cache.positions_open(instrument_id=iid)
+        cached = sum((p.signed_decimal_qty() for p in held), Decimal(0))
+        at_venue = venue.get(iid, Decimal(0))
+        if cached == 0 and at_venue == 0:
+            continue
+        owners = ", ".join(f"{p.strategy_id} {p.side.name} {p.quantity}" for p in held) or "nobody"
+        if cached != at_venue:
+            ok = False
+            report(
+                f"CRITICAL: start-up flat check: {iid} is {at_venue} at the venue but {cached} in the cache "
+                f"({owners}); the node does not trade on a position it does not know"
+            )
+        else:
+            kernel.logger.info(f"Start-up flat check: {iid} {at_venue} at the venue, adopted by {owners}")
+            report(f"ADOPTED {iid} {at_venue} at the venue: {owners}")
+    return ok
 
 
 async def flatten(live: LiveNode) -> bool:

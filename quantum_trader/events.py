@@ -143,6 +143,7 @@ EXIT_REASONS = (
     "manual",
     "liquidation",
     "strategy",
+    "recovery",
 )
 
 

@@ -60,7 +60,7 @@ from nautilus_trader.trading.strategy import Strategy
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import OperatorCommand
-from strategies.exit_brain import ExitBrain, is_stop
+from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
 from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
 from strategies.risk_control import RiskControl
@@ -142,9 +142,26 @@ class QTStrategy(Strategy):
                 self.msgbus.subscribe(topic=f"data.bars.{bar_type}", handler=self._track_bar, priority=5)
         if self.risk is not None:
             self.risk.start([bt.instrument_id for bt in self.bar_types])
+        self._take_over_positions()
         self.on_strategy_start()
         if self.config.warmup_bars > 0:
             self._request_warmup()
+
+    def _take_over_positions(self) -> None:
+        """Positions this strategy already holds at start: on a live node, those reconciliation rebuilt from
+        the venue after a restart (owned by this strategy through its `external_order_claims`). The Exit Brain
+        takes back their exits from its persisted records; the liquidation guard is placed again. The base's
+        `net_side` sees them, so no strategy enters a second time. In a backtest there are none."""
+        iids = [bt.instrument_id for bt in self.bar_types]
+        if self.exit_brain is not None:
+            self.exit_brain.restore(iids)
+        for iid in iids:
+            for position in self.cache.positions_open(instrument_id=iid, strategy_id=self.id):
+                self.log.info(
+                    f"Holding {position.side.name} {position.quantity} {iid} at {position.avg_px_open:g} "
+                    f"at start ({position.id})"
+                )
+                self._protect(position)
 
     # ---- warm-up (live) ----------------------------------------------------------------------------
     def _request_warmup(self) -> None:
@@ -394,7 +411,7 @@ class QTStrategy(Strategy):
         for position in self.cache.positions_open(instrument_id=instrument_id, strategy_id=self.id):
             self.reduce_at_market(position, position.quantity, tag)
 
-    def reduce_at_market(self, position: Position, quantity, tag: str) -> None:
+    def reduce_at_market(self, position: Position, quantity, tag: str) -> Order:
         """A reduce-only market order for `quantity` of the position, tagged with its exit reason."""
         order = self.order_factory.market(
             instrument_id=position.instrument_id,
@@ -404,6 +421,7 @@ class QTStrategy(Strategy):
             tags=[tag],
         )
         self.submit_order(order)
+        return order
 
     def go_to(self, instrument_id: InstrumentId, want: PositionSide, price: float) -> None:
         """Hold `want` (LONG, SHORT or FLAT) in the instrument: close the other side first, then enter."""
@@ -434,7 +452,7 @@ class QTStrategy(Strategy):
         self.exit_brain.on_order_accepted(order)
         guard = self._liquidation_orders.get(event.instrument_id)
         if (
-            is_stop(order)
+            self.exit_brain.is_stop(order)
             and guard is not None
             and self.exit_brain.stop_comes_first(event.instrument_id, guard.trigger_price.as_double())
         ):
@@ -453,6 +471,8 @@ class QTStrategy(Strategy):
 
     def on_order_canceled(self, event: OrderCanceled) -> None:
         self._entry_failed(event)
+        if self.exit_brain is not None:
+            self.exit_brain.on_order_canceled(self.cache.order(event.client_order_id))
 
     def _entry_failed(self, event) -> None:
         order = self.cache.order(event.client_order_id)

@@ -112,3 +112,27 @@ class IgnoresOrderBudget(EnterWithAtr):
 
     def order_rate_allows(self, orders: int, new_positions: int = 0) -> bool:
         return True
+
+
+class EnterWhenFlatConfig(QTStrategyConfig, frozen=True):
+    side: str = "BUY"
+    atr: float = 1.0  # in price: R = r_atr x atr
+    enter_at_or_below: float = 1e18  # only on bars that close at or below this price
+
+
+class EnterWhenFlat(QTStrategy):
+    """Enters every instrument whenever it holds nothing there (and the close is at or below
+    `enter_at_or_below`), with a fixed ATR: exits are the Exit Brain's. A node restarted on an open position
+    must see that position (the base's `net_side`), or this strategy enters a second time."""
+
+    def on_strategy_start(self) -> None:
+        self.entries = 0
+
+    def on_bar(self, bar: Bar) -> None:
+        iid = bar.bar_type.instrument_id
+        price = bar.close.as_double()
+        if price > self.config.enter_at_or_below or self.net_side(iid) != PositionSide.FLAT:
+            return
+        side = OrderSide.BUY if self.config.side == "BUY" else OrderSide.SELL
+        if self.enter(iid, side, price, atr=self.config.atr):
+            self.entries += 1

@@ -405,3 +405,34 @@ def test_a_trip_survives_a_restart_with_a_redis_cache_until_a_reset(tmp_path, re
     third = run(catalog)  # the reset is persisted too
     assert third.seen_tripped() == {False} and third.injector.trading_states == []
     third.result.engine.dispose()
+
+
+def test_a_feed_alert_that_fires_early_waits_the_rest_instead_of_going_silent():
+    """Live, a time alert can fire before its time (seen on a 1.231 TradingNode: a 1 s alert ~150 us early in
+    about 1 run of 3). The feed is then not stale yet; the watch must re-arm rather than stay silent."""
+    from types import SimpleNamespace
+
+    from actors.emergency_stop import FEED_ALERT, FEED_ALERT_AGAIN, NOT_TRIPPED, NS
+
+    armed = []
+    early = 1000 * NS - 150_000
+    clock = SimpleNamespace(
+        timer_names=[FEED_ALERT],  # the alert is still the one firing
+        timestamp_ns=lambda: early,
+        cancel_timer=lambda name: None,
+        set_time_alert_ns=lambda name, at, callback: armed.append((name, at)),
+    )
+    checked = []
+    ess = SimpleNamespace(
+        clock=clock,
+        _last_bar_ns=0,
+        _feed_since_ns=999 * NS,
+        stale_after_ns=NS,
+        _state=NOT_TRIPPED,
+        bar_types=["a bar type"],
+        _check_feed=checked.append,
+        _on_feed_alert=None,
+    )
+    EmergencyStop._on_feed_alert(ess)
+    assert checked == [early]  # checked (not stale yet: 1 s less 150 us) ...
+    assert armed == [(FEED_ALERT_AGAIN, early + 1_000_000)]  # ... and asked again 1 ms later

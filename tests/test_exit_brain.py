@@ -255,3 +255,22 @@ def test_an_emergency_trip_closes_a_losing_position_with_reason_emergency(tmp_pa
     (row,) = exits.to_dict("records")
     expect(row, "emergency", 99.5, 12.0, TAKER)
     assert stats["risk_events"]["emergency_stop/trip/manual"] == 1
+
+
+def test_in_a_backtest_the_exit_brains_record_goes_to_the_in_memory_cache(tmp_path):
+    """The same persistence as live (tests/test_live_restart.py), with no database: the cache's general store."""
+    import json
+
+    result, _, _ = run_exits(tmp_path, path(100.5), "default")
+    strategy = result.strategies[0]
+    (iid,) = [bt.instrument_id for bt in strategy.bar_types]
+    record = json.loads(result.engine.cache.get(strategy.exit_brain.state_key(iid)))
+    stop, tp = strategy.exit_brain.positions[iid].stop_order, strategy.exit_brain.positions[iid].tp_orders[0]
+    assert (record["side"], record["entry"], record["stop_price"], record["stop_tag"]) == (
+        "LONG",
+        100.0,
+        98.5,
+        "SL",
+    )
+    assert record["risk_per_unit"] == 1.5 and record["stop_id"] == stop.client_order_id.value
+    assert record["roles"] == {stop.client_order_id.value: "SL", tp.client_order_id.value: "TP1"}
