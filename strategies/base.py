@@ -32,6 +32,7 @@ Two optional parts, each switched on by naming a profile in the config:
   strategy can send orders.
 """
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -99,6 +100,7 @@ class QTStrategy(Strategy):
         self.short_refusals = 0
         self.order_rate_refusals = 0
         self.order_budget = OrderRateBudget.nautilus_default()
+        self.submit_ns = 0  # wall time spent inside Nautilus' submit_order, for latency figures
         self._entry_orders: dict[InstrumentId, Order] = {}
         self._deferred: dict[InstrumentId, list[Callable[[], None]]] = {}
         exit_profile = exit_profile_from(config.exit_profile)
@@ -383,7 +385,9 @@ class QTStrategy(Strategy):
 
     def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
         self.order_budget.record(self.clock.timestamp_ns())
+        started = time.perf_counter_ns()
         super().submit_order(order, position_id, client_id, params)
+        self.submit_ns += time.perf_counter_ns() - started
 
     def decide(self, instrument_id: InstrumentId, action: Callable[[], None]) -> None:
         """Carry out a market decision now, or on the instrument's next bar with `execution_delay_bars`.

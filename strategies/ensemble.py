@@ -68,12 +68,14 @@ class BatchLatency:
         self.work_ns: deque[int] = deque(maxlen=keep)
         self.entries: deque[int] = deque(maxlen=keep)
         self.score_ns: deque[int] = deque(maxlen=keep)
+        self.submit_ns: deque[int] = deque(maxlen=keep)
 
-    def add(self, late_ns: int, work_ns: int, entries: int, score_ns: int) -> None:
+    def add(self, late_ns: int, work_ns: int, entries: int, score_ns: int, submit_ns: int) -> None:
         self.late_ns.append(late_ns)
         self.work_ns.append(work_ns)
         self.entries.append(entries)
         self.score_ns.append(score_ns)
+        self.submit_ns.append(submit_ns)
 
     def summary(self) -> str:
         work, late = np.array(self.work_ns) / 1e6, np.array(self.late_ns) / 1e6
@@ -85,6 +87,10 @@ class BatchLatency:
                 parts.append(
                     f"{name} ({rows.sum():,}, {entries[rows].sum():,} entries): {_percentiles(work[rows])}"
                 )
+        decision = work - np.array(self.submit_ns) / 1e6
+        parts.append(
+            f"without Nautilus' order submission (features, models, vote, gates): {_percentiles(decision)}"
+        )
         parts.append(f"with the timer's lateness: {_percentiles(work + late)}")
         return "; ".join(parts)
 
@@ -183,11 +189,13 @@ class EnsembleStrategy(QTStrategy):
         if event is None:  # warm-up: history, not a live close
             self._run_batch()
             return
-        started, entries = time.perf_counter_ns(), self.entries
+        started, entries, submit = time.perf_counter_ns(), self.entries, self.submit_ns
         late = self.clock.timestamp_ns() - event.ts_event
         self._run_batch()
         done = time.perf_counter_ns()
-        self.batch_latency.add(late, done - started, self.entries - entries, self._scored_at - started)
+        self.batch_latency.add(
+            late, done - started, self.entries - entries, self._scored_at - started, self.submit_ns - submit
+        )
 
     def on_stop(self) -> None:
         if self.batch_latency.work_ns:
