@@ -66,6 +66,7 @@ class EnsembleStrategy(QTStrategy):
         self._table: SignalTable | None = None
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
+        self._batches = 0  # alert names must be unique: see on_bar
         self._last_trade_ns: dict[InstrumentId, int] = {}
         self._threshold = (
             self.risk.profile.entry_confidence if self.risk is not None else config.entry_threshold
@@ -102,9 +103,14 @@ class EnsembleStrategy(QTStrategy):
     # ---- scoring -----------------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         if not self._pending:
+            # Live, a bar that arrives after its close's alert fired (a late kline, or any kline when the venue's
+            # bars close in the node's past) starts a batch of its own for the same close. Nautilus' LiveClock
+            # still lists a fired alert's name, so a name made of the close time alone raised KeyError there and
+            # the data engine terminated the node; a counter keeps every name unique.
+            self._batches += 1
             delay = self.config.batch_delay_ms * 1_000_000
             self.clock.set_time_alert_ns(
-                f"ensemble-batch-{bar.ts_event}", bar.ts_event + delay, self._on_batch
+                f"ensemble-batch-{bar.ts_event}-{self._batches}", bar.ts_event + delay, self._on_batch
             )
         self._pending[self._slot[bar.bar_type.instrument_id]] = bar
 
