@@ -24,15 +24,17 @@ from ml.train import TrainConfig, train
 from quantum_trader.cli import main as cli_main
 from quantum_trader.config import ConfigError
 from quantum_trader.events import Signal
-from tests.conftest import build_catalog, candles, random_walk, reverting_walk
+from tests.conftest import (
+    SMALL_ENSEMBLE_MODELS,
+    SMALL_ENSEMBLE_SYMBOLS,
+    build_catalog,
+    candles,
+    random_walk,
+    train_small_ensemble,
+)
 
-SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
-TINY_MODELS = {
-    "xgboost": {"params": {"n_estimators": 30}},
-    "lightgbm": {"params": {"n_estimators": 30}},
-    "nhits": {"params": {"max_epochs": 1}},
-    "patchtst": {"params": {"max_epochs": 1}},
-}
+SYMBOLS = SMALL_ENSEMBLE_SYMBOLS
+TINY_MODELS = SMALL_ENSEMBLE_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +42,7 @@ def trained(tmp_path_factory):
     """A 3-symbol catalog and all four models trained on it (each beats the zero forecast on validation),
     registered and promoted."""
     root = tmp_path_factory.mktemp("ensemble")
-    frames = {s: candles(reverting_walk(1400, seed=10 + i)) for i, s in enumerate(SYMBOLS)}
-    build_catalog(root / "catalog", frames)
-    cfg = TrainConfig.model_validate(
-        {
-            "catalog": str(root / "catalog"),
-            "universe": {"select": "all"},
-            "dataset": {"max_train_rows": 2000, "max_eval_rows": 500},
-            "models": TINY_MODELS,
-            "registry": str(root / "models"),
-        }
-    )
-    result = train(cfg, root / "train", progress=False)
-    return root, result
+    return root, train_small_ensemble(root)
 
 
 def backtest_config(root, **strategy) -> dict:
