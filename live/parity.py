@@ -34,6 +34,8 @@ What is compared, and what is not:
   decision depends on a fill (the Exit Brain's levels are set from the entry price, sizing from the balance)
   a fill that differs shows up as the first intent that differs. Intents sent after the node was asked to
   stop (the flatten of `flatten_on_stop`) are listed but not compared: a backtest does not stop that way.
+- Not compared either: the `ts_init` of every row (the node clock's time of a bar's receipt, a signal's
+  scoring, an intent's creation); `latency()` reads the live side's from them, printed as `latency:`.
 - Time-based rules run on the node's wall clock live and on bar time in the backtest (the ensemble's
   `cooldown_seconds`, the Exit Brain's time stop measured from the fill time, the emergency stop's timers).
   Against Binance, which delivers bars in real time, they agree; against a fake venue replaying faster than
@@ -57,6 +59,7 @@ from live.record import RECORD_FILES, SessionRecorder, SessionRecorderConfig
 from quantum_trader.config import ConfigError
 
 SIGNIFICANT = 9
+DEFAULT_BALANCE = 10_000.0
 SIGNAL_FIELDS = (
     "close", "instrument_id", "direction", "confidence", "prob_up", "forecast", "votes", "model_ids",
     "features_hash",
@@ -97,6 +100,8 @@ class ParityResult:
     difference: str | None  # None: identical
     bars_note: str
     replay_dir: Path
+    notes: list[str] = field(default_factory=list)
+    latency: str | None = None  # the live side's, from the recorded ts_init (see latency())
 
     @property
     def identical(self) -> bool:
@@ -111,6 +116,9 @@ class ParityResult:
             )
 
         out = [side("live", self.live), side("backtest", self.backtest), f"bars: {self.bars_note}"]
+        if self.latency:
+            out.append(f"latency: {self.latency}")
+        out += [f"note: {note}" for note in self.notes]
         out.append("IDENTICAL" if self.identical else f"DIFFERENT: {self.difference}")
         return out
 
@@ -208,7 +216,7 @@ def replay_config(cfg: LiveConfig, session: dict, catalog: Path, start, end):
     for sym in cfg.symbols:
         recorded = session.get("leverage", {}).get(str(instrument_id(sym)))
         leverage[sym] = float(recorded or cfg.leverage.per_symbol.get(sym, cfg.leverage.default))
-    balance = session.get("balance_usdt") or 10_000.0
+    balance = session.get("balance_usdt") or DEFAULT_BALANCE
     data = {
         "name": f"parity-{cfg.name}",
         "catalog": str(catalog),
@@ -260,13 +268,54 @@ def run_parity(run_dir: str | Path, out: str | Path | None = None) -> ParityResu
     run_backtest(backtest, progress=False, injected=injected, actors=[recorder])
     recorder.close()
     (out / "backtest.yaml").write_text(_yaml(backtest.model_dump(mode="json")))
-    return compare(run_dir, replay_dir, interval_seconds(cfg.interval) * 1_000_000_000)
+    result = compare(run_dir, replay_dir, interval_seconds(cfg.interval) * 1_000_000_000)
+    result.latency = latency(run_dir)
+    if not session.get("balance_usdt"):
+        result.notes.append(
+            f"the session recorded no start balance; the replay started from {DEFAULT_BALANCE:,.0f} USDT"
+        )
+    return result
 
 
 def _yaml(data: dict) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)
+
+
+# ---- latency -------------------------------------------------------------------------------------------
+def latency(run_dir: str | Path) -> str | None:
+    """How long the live node took, on its own clock, from a close's first kline arriving (the bars' receipt
+    `ts_init`) to its decisions (the Signals' `ts_init`) and to the orders decided on that close (entries and
+    other bar decisions; reactions to fills are left out). None for a record without those times."""
+    run_dir = Path(run_dir)
+    bars = read_jsonl(run_dir / "bars.jsonl")
+    history = {row["close"] for row in bars if row.get("source") == "history"}  # decided during the warm-up
+    first_receipt: dict[int, int] = {}
+    for row in bars:
+        if row.get("source") == "live" and row.get("ts_init") is not None and row["close"] not in history:
+            close = row["close"]
+            first_receipt[close] = min(first_receipt.get(close, row["ts_init"]), row["ts_init"])
+    signals = [
+        row["ts_init"] - first_receipt[row["close"]]
+        for row in read_jsonl(run_dir / "signals.jsonl")
+        if row.get("ts_init") is not None and row["close"] in first_receipt
+    ]
+    intents = [
+        row["ts_init"] - first_receipt[row["bar"]]
+        for row in read_jsonl(run_dir / "intents.jsonl")
+        if row.get("ts_init") is not None and row.get("phase") != "stop" and not reacts_to_venue(row)
+        and row.get("bar") in first_receipt
+    ]  # fmt: skip
+
+    def ms(values: list[int]) -> str:
+        p50, p99 = pd.Series(values).quantile([0.5, 0.99]) / 1e6
+        return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(values) / 1e6:.1f} ms"
+
+    parts = [f"-> signal {ms(signals)} ({len(signals)} signals)"] if signals else []
+    if intents:
+        parts.append(f"-> order decided on it {ms(intents)} ({len(intents)} orders)")
+    return "first kline of a close " + "; ".join(parts) if parts else None
 
 
 # ---- comparing -----------------------------------------------------------------------------------------

@@ -16,10 +16,15 @@ in the parity backtest, so both sides of a comparison are written by one recorde
 Times are normalised to the bar grid: a live bar's `ts_event` is the kline close time, 1 ms before the
 boundary, converted through a float (`close_ms * 1e6 + 64` ns), while a backtest bar is stamped at the boundary.
 So every record carries `close`, the bar close rounded to the nearest minute (ns since the epoch), never the raw
-timestamp. An intent carries `bar`: the newest live bar close the recorder had seen when it was submitted
-(decisions are made on that bar; the fake venue and the backtest both deliver a bar's fills before the next
-bar). Intents sent after the node was asked to stop (the flatten of `flatten_on_stop`) are marked
-`phase: stop`.
+timestamp. An intent carries `bar`: the close of the last bar or decision the recorder saw before it was
+submitted. A strategy acting on its own bar (EmaCross) acts right after the bar; the ensemble acts right after
+publishing its decisions about a close, and live that can be after the next close's kline arrived (its batch
+waits for the other symbols), so the decisions' close, not the newest bar, is what the entry belongs to.
+Intents sent after the node was asked to stop (the flatten of `flatten_on_stop`) are marked `phase: stop`.
+
+Latency: every row also carries `ts_init`, on the node's clock (ns) and never compared: a bar's is when the
+node received it (the adapter stamps a kline at receipt; a history bar's, when its request was answered), a
+signal's when its batch was scored, an intent's when the order was created. `live.parity.latency` reads them.
 
 Each line is flushed when written, so a session that dies leaves its record up to that moment.
 """
@@ -62,7 +67,8 @@ class SessionRecorder(Actor):
         self.stopping = False
         self.counts = dict.fromkeys(("bars", "signals", "intents"), 0)
         self._files: dict[str, object] = {}
-        self._last_live_close: int | None = None
+        # of the last live bar or decision seen: what an intent belongs to
+        self._last_close: int | None = None
         self._seen_history: set[tuple[str, int]] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -132,8 +138,7 @@ class SessionRecorder(Actor):
     # ---- bars --------------------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         close = bar_close_ns(bar.ts_event)
-        if self._last_live_close is None or close > self._last_live_close:
-            self._last_live_close = close
+        self._last_close = close
         self._write_bar(bar, close, "live")
 
     def _on_history(self, bars: list[Bar]) -> None:
@@ -157,6 +162,7 @@ class SessionRecorder(Actor):
                 "close_px": str(bar.close),
                 "volume": str(bar.volume),
                 "source": source,
+                "ts_init": int(bar.ts_init),
             },
         )
 
@@ -167,6 +173,8 @@ class SessionRecorder(Actor):
         if not isinstance(data, BarCloseSignals):
             return
         close = bar_close_ns(data.ts_event)
+        if self._last_close is not None:  # decisions on the warm-up history precede every live bar
+            self._last_close = close
         for i, iid in enumerate(data.instrument_ids):
             self.counts["signals"] += 1
             self._write(
@@ -181,6 +189,7 @@ class SessionRecorder(Actor):
                     "votes": {kind: _num(values[i]) for kind, values in sorted(data.votes.items())},
                     "model_ids": data.model_ids,
                     "features_hash": data.features_hash,
+                    "ts_init": int(data.ts_init),
                 },
             )
 
@@ -193,7 +202,7 @@ class SessionRecorder(Actor):
         self._write(
             "intents.jsonl",
             {
-                "bar": self._last_live_close,
+                "bar": self._last_close,
                 "strategy_id": str(strategy_id),
                 "instrument_id": str(order.instrument_id),
                 "side": order.side_string(),
@@ -205,6 +214,7 @@ class SessionRecorder(Actor):
                 "time_in_force": order.tif_string(),
                 "tags": list(order.tags or []),
                 "phase": "stop" if self.stopping else "run",
+                "ts_init": int(order.ts_init),
             },
         )
 

@@ -188,6 +188,10 @@ class EnsembleStrategy(QTStrategy):
         if event is None:  # warm-up: history, not a live close
             self._run_batch()
             return
+        if event.name != self._batch_alert or not self._pending:
+            # Live, an alert cancelled when a newer close's bar flushed its batch can still fire: the timer
+            # had queued it on the event loop already. Its batch was scored; the held one waits for its own.
+            return
         started, entries = time.perf_counter_ns(), self.entries
         late = self.clock.timestamp_ns() - event.ts_event
         self._run_batch()

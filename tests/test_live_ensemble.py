@@ -19,9 +19,8 @@ from tests.fake_session import live_session
 KINDS = ("xgboost", "lightgbm")  # the nets cost ~0.1 s a vote on 2 cores; the trees keep this test short
 WARMUP = 400
 STEPS = 20
-BEHIND = (
-    STEPS + 5
-)  # every replayed bar closes in the node's past: the batch alert (close + 500 ms) fires at once
+BATCH_DELAY_MS = 100
+BEHIND = STEPS + 5  # every replayed bar closes in the node's past, as a real kline does when it arrives
 REPLAY_FROM = 1250  # inside the test split of the training catalog (1400 bars)
 
 
@@ -64,6 +63,9 @@ def test_the_ensemble_trades_live_on_the_fake_exchange_and_its_replay_decides_th
                     # on wall-clock time live: against a fake that replays 5 minutes in a fraction of a second it
                     # would mean hundreds of bars, in the backtest none (see live/parity.py)
                     "cooldown_seconds": 0,
+                    # the batch waits this long after a close's first kline; well under the 0.5 s between the
+                    # test's steps, so an entry reaches the fake (which fills at its last close) before the next bar
+                    "batch_delay_ms": BATCH_DELAY_MS,
                 },
             }
         ],
@@ -134,3 +136,12 @@ def test_the_ensemble_trades_live_on_the_fake_exchange_and_its_replay_decides_th
     assert result.bars_note.endswith("the backtest saw the same"), result.bars_note
     assert result.identical, result.difference
     assert len(result.live.intents) >= 3
+    # latency from the node clock's times: a close's signals wait for its batch alert (due after the first kline)
+    assert (
+        result.latency and "-> signal p50 " in result.latency and "-> order decided on it" in result.latency
+    )
+    receipt = {}
+    for b in live:
+        receipt[b["close"]] = min(receipt.get(b["close"], b["ts_init"]), b["ts_init"])
+    waited = [s["ts_init"] - receipt[s["close"]] for s in signals if s["close"] in receipt]
+    assert waited and min(waited) >= BATCH_DELAY_MS * 1_000_000, waited
