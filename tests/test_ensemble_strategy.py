@@ -2,6 +2,7 @@
 that learned nothing are neither promoted nor allowed to vote."""
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -372,3 +373,67 @@ def test_a_warmed_up_start_scores_and_trades_as_a_run_that_started_earlier(train
     pd.testing.assert_frame_equal(
         warm_fills[trade].reset_index(drop=True), earlier_fills[trade].reset_index(drop=True)
     )
+
+
+class _LiveLikeClock:
+    """What the batch alerts meet live (Nautilus' LiveClock): a fired alert's name stays taken (setting it
+    again raised KeyError and terminated the node), and a cancel does not stop an alert already queued."""
+
+    def __init__(self):
+        self.now, self.names, self.queued = 0, set(), []
+
+    def timestamp_ns(self) -> int:
+        return self.now
+
+    def set_time_alert_ns(self, name, due, callback):
+        if name in self.names:
+            raise KeyError(name)
+        self.names.add(name)
+        self.queued.append((SimpleNamespace(name=name, ts_event=due), callback))
+
+    def cancel_timer(self, name):
+        pass  # already on the event loop: it fires anyway
+
+    def fire_next(self):
+        event, callback = self.queued.pop(0)
+        self.now = max(self.now, event.ts_event)
+        callback(event)
+
+
+def test_live_batch_alerts_survive_late_bars_and_a_cancelled_alert_that_still_fires():
+    from strategies.ensemble import BatchLatency, EnsembleStrategy
+
+    a, b = instrument_id("AAAUSDT"), instrument_id("BBBUSDT")
+    batches = []
+    strategy = SimpleNamespace(
+        clock=_LiveLikeClock(), config=SimpleNamespace(batch_delay_ms=100), _slot={a: 0, b: 1}, _pending={},
+        _batches=0, _batch_alert="", entries=0, _scored_at=0, batch_latency=BatchLatency(),
+    )  # fmt: skip
+
+    def run_batch():
+        batches.append(sorted((s, bar.ts_event) for s, bar in strategy._pending.items()))
+        strategy._pending = {}
+
+    strategy._run_batch = run_batch
+    strategy._on_batch = lambda event=None: EnsembleStrategy._on_batch(strategy, event)
+
+    def arrive(iid, close, now):
+        strategy.clock.now = now
+        EnsembleStrategy.on_bar(
+            strategy, SimpleNamespace(bar_type=SimpleNamespace(instrument_id=iid), ts_event=close)
+        )
+
+    arrive(a, 1000, now=5)  # due 100 ms after the arrival, not after the stamped close
+    assert strategy.clock.queued[0][0].ts_event == 5 + 100_000_000
+    strategy.clock.fire_next()
+    arrive(b, 1000, now=200_000_000)  # late kline of the same close: a batch of its own, no KeyError
+    strategy.clock.fire_next()
+    assert batches == [[(0, 1000)], [(1, 1000)]]
+
+    arrive(a, 2000, now=300_000_000)
+    arrive(a, 3000, now=350_000_000)  # the next close before the alert: the held batch is scored at once
+    assert batches[-1] == [(0, 2000)]
+    strategy.clock.fire_next()  # the cancelled alert fires anyway: ignored, the new batch waits for its own
+    assert batches[-1] == [(0, 2000)] and strategy._pending
+    strategy.clock.fire_next()
+    assert batches[-1] == [(0, 3000)] and not strategy._pending
