@@ -248,13 +248,19 @@ def resolve_period(store: CatalogStore, cfg: BacktestConfig, universe: Universe)
     return start, end
 
 
-def add_components(engine: BacktestEngine, cfg: BacktestConfig, universe: Universe) -> list:
-    injected = {
-        "bar_types": tuple(str(bt) for bt in universe.bar_types),
-        "liquidation_guard": cfg.venue.liquidation and cfg.universe.market == "futures",
-        "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
-        "execution_delay_bars": 1 if cfg.venue.fill_timing == "next_bar_close" else 0,
-    } | cfg.profile_injections()
+def add_components(
+    engine: BacktestEngine, cfg: BacktestConfig, universe: Universe, extra_injected: dict | None = None
+) -> list:
+    injected = (
+        {
+            "bar_types": tuple(str(bt) for bt in universe.bar_types),
+            "liquidation_guard": cfg.venue.liquidation and cfg.universe.market == "futures",
+            "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
+            "execution_delay_bars": 1 if cfg.venue.fill_timing == "next_bar_close" else 0,
+        }
+        | cfg.profile_injections()
+        | (extra_injected or {})
+    )
     strategies, actors = build_components(cfg.strategies, cfg.actors, injected)
     for strategy in strategies:
         engine.add_strategy(strategy)
@@ -263,7 +269,12 @@ def add_components(engine: BacktestEngine, cfg: BacktestConfig, universe: Univer
     return strategies
 
 
-def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
+def run_backtest(
+    cfg: BacktestConfig, progress: bool = True, injected: dict | None = None, actors: list | None = None
+) -> RunArtifacts:
+    """`injected`: more values for the components' fields (what another runner gives them, e.g. `qt parity`
+    replaying a live session passes the live node's); `actors`: extra actors, added before the configured ones
+    (a recorder that must listen before the strategies start)."""
     store = CatalogStore(Path(cfg.catalog))
     universe = select_universe(store, cfg)
     start, end = resolve_period(store, cfg, universe)
@@ -274,7 +285,9 @@ def run_backtest(cfg: BacktestConfig, progress: bool = True) -> RunArtifacts:
         raise ConfigError(f"no bars between {start} and {end} for the selected universe")
     fill_model.set_gaps(feed.gaps())
     engine.add_data_iterator("bars", feed.slices(cfg.stream_days))
-    strategies = add_components(engine, cfg, universe)
+    for actor in actors or ():
+        engine.add_actor(actor)
+    strategies = add_components(engine, cfg, universe, injected)
     equity = EquityRecorder(EquityRecorderConfig(interval_minutes=cfg.report.equity_sample_minutes))
     engine.add_actor(equity)
     signals = SignalRecorder()

@@ -149,6 +149,11 @@ class LiveConfig(ProfileFields):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_directory: str | None = Field(None, description="also write the node's log to a file there")
+    record: str | None = Field(
+        None,
+        description="record the session into a new run folder under this directory (bars, signals, order "
+        "intents, instruments, the config) for `qt parity RUN_DIR`",
+    )
 
     @field_validator("trader_id")
     @classmethod

@@ -33,9 +33,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
+import yaml
 from nautilus_trader.adapters.binance import (
     BINANCE,
     BinanceAccountType,
@@ -69,6 +72,7 @@ from catalog.store import bar_type_for
 from live.bus_watch import BusWatch, BusWatchConfig
 from live.config import LiveConfig
 from live.paper import PaperExecClientFactory
+from live.record import SessionRecorder, SessionRecorderConfig
 from quantum_trader.components import bind_risk_engine, build_components
 from quantum_trader.config import ConfigError
 from quantum_trader.events import register_bus_types
@@ -231,10 +235,10 @@ def node_config(cfg: LiveConfig) -> TradingNodeConfig:
 
 
 # ---- components ----------------------------------------------------------------------------------------
-def build_live_components(cfg: LiveConfig) -> tuple[list, list]:
-    """The configured strategies and actors, as a backtest builds them, plus the live OMS and order claims."""
+def live_injections(cfg: LiveConfig) -> dict:
+    """What the node gives every component that has the field, besides its bar types (`qt parity` gives the
+    same to the backtest that replays a recorded session)."""
     injected = {
-        "bar_types": tuple(str(bt) for bt in bar_types(cfg)),
         "warmup_bars": cfg.warmup_bars,
         # Binance liquidates a position itself; the backtest's guard stop stands in for that venue behaviour
         # and has no place on a real exchange (it would only cost orders).
@@ -242,6 +246,12 @@ def build_live_components(cfg: LiveConfig) -> tuple[list, list]:
     } | cfg.profile_injections()
     if cfg.models is not None:
         injected["registry"] = cfg.models
+    return injected
+
+
+def build_live_components(cfg: LiveConfig) -> tuple[list, list]:
+    """The configured strategies and actors, as a backtest builds them, plus the live OMS and order claims."""
+    injected = {"bar_types": tuple(str(bt) for bt in bar_types(cfg))} | live_injections(cfg)
 
     claimed: dict[InstrumentId, str] = {}
 
@@ -323,6 +333,30 @@ class LiveNode:
     bus_watch: BusWatch | None
     cleared_keys: int = 0
     notes: list[str] = field(default_factory=list)
+    recorder: SessionRecorder | None = None
+
+
+def start_recording(cfg: LiveConfig, now: datetime | None = None) -> SessionRecorder:
+    """A new run folder under `cfg.record` holding the config (paths made absolute, so `qt parity` can run
+    from anywhere) and the recorder that fills it (live/record.py)."""
+    now = now or datetime.now(UTC)
+    base = Path(cfg.record) / f"{cfg.name}-{now:%Y%m%d-%H%M%S}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    data = cfg.model_dump(mode="json", exclude_defaults=False)
+    if cfg.models is not None:
+        data["models"] = str(Path(cfg.models).resolve())
+    for name in ("exit_profile", "risk_profile"):
+        value = data.get(name)
+        if value and ("/" in value or value.endswith((".yaml", ".yml"))):
+            data[name] = str(Path(value).resolve())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return SessionRecorder(
+        SessionRecorderConfig(run_dir=str(run_dir), bar_types=tuple(str(bt) for bt in bar_types(cfg)))
+    )
 
 
 def build_live_node(cfg: LiveConfig, mainnet: bool = False, loop=None, environ=os.environ) -> LiveNode:
@@ -346,12 +380,14 @@ def build_live_node(cfg: LiveConfig, mainnet: bool = False, loop=None, environ=o
                 silent_status=cfg.message_bus.silent_bus_status,
             )
         )
+    recorder = start_recording(cfg) if cfg.record else None
     config = node_config(cfg)
     if loop is None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
     node = TradingNode(config=config, loop=loop)
-    for actor in [*actors, *([bus_watch] if bus_watch else [])]:
+    # the recorder first: actors start before strategies, so it listens before any history arrives
+    for actor in [*([recorder] if recorder else []), *actors, *([bus_watch] if bus_watch else [])]:
         node.trader.add_actor(actor)
     for strategy in strategies:
         node.trader.add_strategy(strategy)
@@ -361,7 +397,7 @@ def build_live_node(cfg: LiveConfig, mainnet: bool = False, loop=None, environ=o
     )
     node.build()
     bind_risk_engine([*actors, *strategies], node.kernel.risk_engine)
-    return LiveNode(cfg, node, strategies, actors, bus_watch, cleared)
+    return LiveNode(cfg, node, strategies, actors, bus_watch, cleared, recorder=recorder)
 
 
 async def run_live(live: LiveNode, duration: float | None = None, report=print) -> int:
@@ -383,6 +419,8 @@ async def run_live(live: LiveNode, duration: float | None = None, report=print) 
         if not await startup_flat_check(live, report):
             await node.stop_async()
             return EXIT_CRITICAL
+        if live.recorder is not None:
+            report(f"RECORDING to {live.recorder.run_dir} (qt parity {live.recorder.run_dir})")
         report(
             f"RUNNING {live.cfg.name}: trader {live.cfg.trader_id}, {live.cfg.environment}"
             f"{' paper' if live.cfg.paper else ''}, {len(live.strategies)} strategies, "
@@ -390,6 +428,8 @@ async def run_live(live: LiveNode, duration: float | None = None, report=print) 
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=duration)
+        if live.recorder is not None:
+            live.recorder.mark_stopping()
         if live.cfg.flatten_on_stop:
             await flatten(live)
         await node.stop_async()

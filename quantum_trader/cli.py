@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--duration", type=float, help="stop gracefully after this many seconds (demos, tests)")
     lv.set_defaults(func=cmd_live)
 
+    pa = sub.add_parser(
+        "parity", help="replay a recorded live session as a backtest; compare its signals and order intents"
+    )
+    pa.add_argument("run_dir", type=Path, help="a run folder written by `qt live` with `record:`")
+    pa.add_argument(
+        "--out", type=Path, help="where the replay's catalog and records go (default RUN_DIR/parity)"
+    )
+    pa.set_defaults(func=cmd_parity)
+
     from quantum_trader.cli_models import add_models_commands
 
     add_models_commands(sub)
@@ -107,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--balance", type=float, default=10_000, help="USDT wallet balance")
     fx.add_argument("--state-file", type=Path, help="keep the account in this JSON file across restarts")
     fx.add_argument("--no-align", action="store_true", help="keep catalog timestamps (default: start at now)")
+    fx.add_argument(
+        "--behind",
+        type=int,
+        default=0,
+        help="start this many bars before the wall-clock bar (stepped replays)",
+    )
     fx.set_defaults(func=cmd_fake_exchange)
     return parser
 
@@ -283,6 +298,16 @@ def cmd_live(args) -> int:
     return run(cfg, mainnet=args.mainnet, duration=args.duration, report=report)
 
 
+def cmd_parity(args) -> int:
+    """Exit codes: 0 identical, 1 a difference (the first one is printed), 2 not a recorded session."""
+    from live.parity import run_parity
+
+    result = run_parity(args.run_dir, args.out)
+    for line in result.lines():
+        print(line)
+    return 0 if result.identical else 1
+
+
 def cmd_demo(args) -> int:
     from backtests.demo import run_demo
 
@@ -297,7 +322,7 @@ def cmd_fake_exchange(args) -> int:
         raise ValueError(f"--speed must be >= 0, got {args.speed:g}")
     fake = FakeBinance(
         args.catalog, args.symbols, args.start, args.end, speed=args.speed, balance=args.balance,
-        align_to_now=not args.no_align, state_file=args.state_file,
+        align_to_now=not args.no_align, state_file=args.state_file, behind_bars=args.behind,
     )  # fmt: skip
     logging.getLogger("live.fake_exchange").setLevel(logging.INFO)
     serve(fake, args.host, args.port)

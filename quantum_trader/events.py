@@ -45,6 +45,9 @@ class Signal(Data):
 
 
 DIRECTION_CODES = {1: "LONG", -1: "SHORT", 0: "FLAT"}
+# Plain message-bus topics (not data types): what a session recorder (live/record.py) listens to.
+WARMUP_TOPIC = "qt.warmup.history"  # msg: list[Bar], the history a strategy warmed up on
+INTENT_TOPIC = "qt.order.intent"  # msg: (strategy_id, order), as a strategy submitted it
 _CODE_OF_DIRECTION = {name: code for code, name in DIRECTION_CODES.items()}
 
 

@@ -60,7 +60,7 @@ from nautilus_trader.trading.strategy import Strategy
 
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
-from quantum_trader.events import OperatorCommand
+from quantum_trader.events import INTENT_TOPIC, WARMUP_TOPIC, OperatorCommand
 from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
 from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
@@ -228,6 +228,9 @@ class QTStrategy(Strategy):
         self._warmup_last_seen = {}
         for bar in history:
             self._warmup_last_seen[bar.bar_type.instrument_id] = bar.ts_event
+        self.msgbus.publish(
+            WARMUP_TOPIC, history
+        )  # the history reaches no bar subscription; recorders see it here
         try:
             self.on_warmup(history)
         finally:
@@ -385,6 +388,8 @@ class QTStrategy(Strategy):
 
     def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
         self.order_budget.record(self.clock.timestamp_ns())
+        # What was decided, for a session recorder (live/record.py); nobody listens in a plain backtest.
+        self.msgbus.publish(INTENT_TOPIC, (self.id, order))
         started = time.perf_counter_ns()
         super().submit_order(order, position_id, client_id, params)
         self.submit_ns += time.perf_counter_ns() - started

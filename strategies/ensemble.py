@@ -117,6 +117,7 @@ class EnsembleStrategy(QTStrategy):
         self._table: SignalTable | None = None
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
+        self._batches = 0  # alert names must be unique: see on_bar
         self._batch_alert = ""
         self._scored_at = 0
         self._last_trade_ns: dict[InstrumentId, int] = {}
@@ -164,7 +165,11 @@ class EnsembleStrategy(QTStrategy):
         if not self._pending:
             # Due a delay after the first bar's arrival, not after its stamped close: a live kline stamped in
             # the future (the fake's fast replay) or the past (a late feed) must still wait for the others.
-            self._batch_alert = f"ensemble-batch-{bar.ts_event}"
+            # Names are unique: a bar that arrives after its close's alert fired (a late kline) starts a batch
+            # of its own for the same close, and Nautilus' LiveClock still lists a fired alert's name, so a
+            # name made of the close time alone raised KeyError there and the data engine terminated the node.
+            self._batches += 1
+            self._batch_alert = f"ensemble-batch-{bar.ts_event}-{self._batches}"
             due = self.clock.timestamp_ns() + self.config.batch_delay_ms * 1_000_000
             self.clock.set_time_alert_ns(self._batch_alert, due, self._on_batch)
         self._pending[slot] = bar
@@ -188,6 +193,10 @@ class EnsembleStrategy(QTStrategy):
     def _on_batch(self, event=None) -> None:
         if event is None:  # warm-up: history, not a live close
             self._run_batch()
+            return
+        if event.name != self._batch_alert or not self._pending:
+            # Live, an alert cancelled when a newer close's bar flushed its batch can still fire: the timer
+            # had queued it on the event loop already. Its batch was scored; the held one waits for its own.
             return
         started, entries, submit = time.perf_counter_ns(), self.entries, self.submit_ns
         late = self.clock.timestamp_ns() - event.ts_event

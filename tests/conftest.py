@@ -68,6 +68,35 @@ def reverting_walk(n: int, seed: int, start_price: float = 100.0) -> np.ndarray:
     return np.round(start_price * np.exp(np.cumsum(rng.normal(0, 0.001, n)) + swing), 4)
 
 
+SMALL_ENSEMBLE_SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+SMALL_ENSEMBLE_MODELS = {
+    "xgboost": {"params": {"n_estimators": 30}},
+    "lightgbm": {"params": {"n_estimators": 30}},
+    "nhits": {"params": {"max_epochs": 1}},
+    "patchtst": {"params": {"max_epochs": 1}},
+}
+
+
+def train_small_ensemble(root: Path, bars: int = 1400, kinds: tuple[str, ...] | None = None):
+    """A 3-symbol mean-reverting catalog (`reverting_walk`) at root/catalog and the models of `kinds` (default:
+    all four) trained on it into root/models, registered and promoted. Each beats the zero forecast on
+    validation (ml/skill.py), so every one of them votes. Returns ml.train's TrainResult."""
+    from ml.train import TrainConfig, train
+
+    frames = {s: candles(reverting_walk(bars, seed=10 + i)) for i, s in enumerate(SMALL_ENSEMBLE_SYMBOLS)}
+    build_catalog(root / "catalog", frames)
+    cfg = TrainConfig.model_validate(
+        {
+            "catalog": str(root / "catalog"),
+            "universe": {"select": "all"},
+            "dataset": {"max_train_rows": 2000, "max_eval_rows": 500},
+            "models": {k: v for k, v in SMALL_ENSEMBLE_MODELS.items() if kinds is None or k in kinds},
+            "registry": str(root / "models"),
+        }
+    )
+    return train(cfg, root / "train", progress=False)
+
+
 def build_catalog(
     path: Path, frames: dict[str, pd.DataFrame], funding: dict[str, pd.DataFrame] | None = None
 ):

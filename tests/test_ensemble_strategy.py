@@ -2,6 +2,7 @@
 that learned nothing are neither promoted nor allowed to vote."""
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -24,15 +25,17 @@ from ml.train import TrainConfig, train
 from quantum_trader.cli import main as cli_main
 from quantum_trader.config import ConfigError
 from quantum_trader.events import Signal
-from tests.conftest import build_catalog, candles, random_walk, reverting_walk
+from tests.conftest import (
+    SMALL_ENSEMBLE_MODELS,
+    SMALL_ENSEMBLE_SYMBOLS,
+    build_catalog,
+    candles,
+    random_walk,
+    train_small_ensemble,
+)
 
-SYMBOLS = ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
-TINY_MODELS = {
-    "xgboost": {"params": {"n_estimators": 30}},
-    "lightgbm": {"params": {"n_estimators": 30}},
-    "nhits": {"params": {"max_epochs": 1}},
-    "patchtst": {"params": {"max_epochs": 1}},
-}
+SYMBOLS = SMALL_ENSEMBLE_SYMBOLS
+TINY_MODELS = SMALL_ENSEMBLE_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +43,7 @@ def trained(tmp_path_factory):
     """A 3-symbol catalog and all four models trained on it (each beats the zero forecast on validation),
     registered and promoted."""
     root = tmp_path_factory.mktemp("ensemble")
-    frames = {s: candles(reverting_walk(1400, seed=10 + i)) for i, s in enumerate(SYMBOLS)}
-    build_catalog(root / "catalog", frames)
-    cfg = TrainConfig.model_validate(
-        {
-            "catalog": str(root / "catalog"),
-            "universe": {"select": "all"},
-            "dataset": {"max_train_rows": 2000, "max_eval_rows": 500},
-            "models": TINY_MODELS,
-            "registry": str(root / "models"),
-        }
-    )
-    result = train(cfg, root / "train", progress=False)
-    return root, result
+    return root, train_small_ensemble(root)
 
 
 def backtest_config(root, **strategy) -> dict:
@@ -382,3 +373,67 @@ def test_a_warmed_up_start_scores_and_trades_as_a_run_that_started_earlier(train
     pd.testing.assert_frame_equal(
         warm_fills[trade].reset_index(drop=True), earlier_fills[trade].reset_index(drop=True)
     )
+
+
+class _LiveLikeClock:
+    """What the batch alerts meet live (Nautilus' LiveClock): a fired alert's name stays taken (setting it
+    again raised KeyError and terminated the node), and a cancel does not stop an alert already queued."""
+
+    def __init__(self):
+        self.now, self.names, self.queued = 0, set(), []
+
+    def timestamp_ns(self) -> int:
+        return self.now
+
+    def set_time_alert_ns(self, name, due, callback):
+        if name in self.names:
+            raise KeyError(name)
+        self.names.add(name)
+        self.queued.append((SimpleNamespace(name=name, ts_event=due), callback))
+
+    def cancel_timer(self, name):
+        pass  # already on the event loop: it fires anyway
+
+    def fire_next(self):
+        event, callback = self.queued.pop(0)
+        self.now = max(self.now, event.ts_event)
+        callback(event)
+
+
+def test_live_batch_alerts_survive_late_bars_and_a_cancelled_alert_that_still_fires():
+    from strategies.ensemble import BatchLatency, EnsembleStrategy
+
+    a, b = instrument_id("AAAUSDT"), instrument_id("BBBUSDT")
+    batches = []
+    strategy = SimpleNamespace(
+        clock=_LiveLikeClock(), config=SimpleNamespace(batch_delay_ms=100), _slot={a: 0, b: 1}, _pending={},
+        _batches=0, _batch_alert="", entries=0, _scored_at=0, batch_latency=BatchLatency(),
+    )  # fmt: skip
+
+    def run_batch():
+        batches.append(sorted((s, bar.ts_event) for s, bar in strategy._pending.items()))
+        strategy._pending = {}
+
+    strategy._run_batch = run_batch
+    strategy._on_batch = lambda event=None: EnsembleStrategy._on_batch(strategy, event)
+
+    def arrive(iid, close, now):
+        strategy.clock.now = now
+        EnsembleStrategy.on_bar(
+            strategy, SimpleNamespace(bar_type=SimpleNamespace(instrument_id=iid), ts_event=close)
+        )
+
+    arrive(a, 1000, now=5)  # due 100 ms after the arrival, not after the stamped close
+    assert strategy.clock.queued[0][0].ts_event == 5 + 100_000_000
+    strategy.clock.fire_next()
+    arrive(b, 1000, now=200_000_000)  # late kline of the same close: a batch of its own, no KeyError
+    strategy.clock.fire_next()
+    assert batches == [[(0, 1000)], [(1, 1000)]]
+
+    arrive(a, 2000, now=300_000_000)
+    arrive(a, 3000, now=350_000_000)  # the next close before the alert: the held batch is scored at once
+    assert batches[-1] == [(0, 2000)]
+    strategy.clock.fire_next()  # the cancelled alert fires anyway: ignored, the new batch waits for its own
+    assert batches[-1] == [(0, 2000)] and strategy._pending
+    strategy.clock.fire_next()
+    assert batches[-1] == [(0, 3000)] and not strategy._pending

@@ -149,12 +149,16 @@ def load_replay(
     interval: str = "5m",
     align_to_now: bool = True,
     history_bars: int = DEFAULT_HISTORY_BARS,
+    behind_bars: int = 0,
 ) -> ReplayClock:
     """Read the symbols' bars from a catalog and place the replay clock at `start`.
 
     Bars that open before `start` are history (already closed when the replay begins). Without `start`, the replay
     begins `history_bars` bars after the first bar
-    (at most half-way through the data). Raises FileNotFoundError (no catalog), KeyError (unknown symbol)
+    (at most half-way through the data). With `align_to_now`, `behind_bars` starts the replay that many bars
+    before the current wall-clock bar, so the first that many bars close in the node's past: a strategy that
+    acts at a time after a bar's close (the ensemble's batch alert) acts at once on them instead of waiting
+    for the wall clock to reach a bar stamped in its future. Raises FileNotFoundError (no catalog), KeyError (unknown symbol)
     or ValueError (no bars, bad period) with a message fit for a command line.
     """
     store = CatalogStore(catalog)
@@ -191,7 +195,7 @@ def load_replay(
     shift = 0
     if align_to_now:
         wall = int(time.time() * 1000)
-        shift = wall - wall % interval_ms - start_ms
+        shift = wall - wall % interval_ms - behind_bars * interval_ms - start_ms
         for s in series.values():
             s.open_ms = s.open_ms + shift
     return ReplayClock(series, interval_ms, start_ms + shift, last_close + shift, shift)

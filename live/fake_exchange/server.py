@@ -24,7 +24,8 @@ class FakeBinance:
     """A loopback Binance USDT-M futures venue replaying catalog bars.
 
     `speed` > 0 closes one bar every `interval / speed` seconds once started (300 with 5m bars: one a second);
-    `speed=0` moves only on `step()`, for deterministic tests.
+    `speed=0` moves only on `step()`, for deterministic tests. `behind_bars`: start that many bars before the
+    wall-clock bar (live/fake_exchange/clock.py `load_replay`).
     """
 
     def __init__(
@@ -39,8 +40,11 @@ class FakeBinance:
         align_to_now: bool = True,
         state_file: str | Path | None = None,
         log_every: int = 12,
+        behind_bars: int = 0,
     ):
-        self.clock = load_replay(str(catalog), symbols, start, end, interval, align_to_now)
+        self.clock = load_replay(
+            str(catalog), symbols, start, end, interval, align_to_now, behind_bars=behind_bars
+        )
         specs = {s.symbol: Spec(s.price_precision, s.size_precision) for s in self.clock.series.values()}
         self.venue = Venue(
             specs, balance=Decimal(str(balance)), path=Path(state_file) if state_file else None
