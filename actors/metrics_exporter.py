@@ -4,7 +4,7 @@ The actor listens the way any other consumer does: order and position events (`e
 `events.position.*`), the ensemble's BarCloseSignals (and single Signals), RiskEvents, HealthEvents and the
 bars themselves; the account (equity, drawdown, exposure) and the emergency stop's latched state are read from
 the portfolio and the cache on the engine's thread when a bar arrives (at most every `sample_seconds` of the
-clock) and at stop. It sets no timer: a Nautilus backtest settles the venue at every timer event, so a timer
+clock) and at stop; a position event updates the trade counters and the position count at once. It sets no timer: a Nautilus backtest settles the venue at every timer event, so a timer
 would change a backtest's fills. One code path: in a backtest it only updates its registry (`registry`), and
 serves nothing unless `port` is given.
 
@@ -45,6 +45,7 @@ import numpy as np
 from nautilus_trader.common.actor import Actor
 from nautilus_trader.config import ActorConfig
 from nautilus_trader.core.data import Data
+from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, BarType, DataType
 from nautilus_trader.model.events import (
     OrderAccepted,
@@ -119,6 +120,7 @@ class MetricsExporter(Actor):
         self._newest_bar_ns = 0
         self._bar_seen_at: dict[int, int] = {}  # bar close ts -> perf_counter_ns when its first bar arrived
         self._submitted_ns: dict[object, int] = {}  # client order id -> OrderSubmitted ts_init
+        self._last_close: dict[object, float] = {}  # instrument id -> its newest bar's close
         self._confidence_of: dict[object, object] = {}  # instrument id -> its qt_signal_confidence child
 
     def _define(self) -> None:
@@ -240,6 +242,7 @@ class MetricsExporter(Actor):
             if len(self._bar_seen_at) > 64:  # closes whose signals never came (e.g. no strategy scores them)
                 self._bar_seen_at.clear()
             self._bar_seen_at[bar.ts_event] = time.perf_counter_ns()
+        self._last_close[bar.bar_type.instrument_id] = bar.close.as_double()
         if bar.ts_event > self._newest_bar_ns:
             self._newest_bar_ns = bar.ts_event
             self.last_bar.set(bar.ts_event / NS)
@@ -256,16 +259,26 @@ class MetricsExporter(Actor):
         self.brake.set(1 if emergency_state(self.cache).tripped else 0)
         open_positions = self.cache.positions_open(venue=self.venue)
         self.positions.set(len(open_positions))
-        equity = account_equity(self.portfolio, self.venue)
+        account = self.portfolio.account(self.venue)
+        # one unrealised-PnL pass (the costly part of a sample): a margin account's equity is its balance plus it
         unrealized = sum(m.as_double() for m in self.portfolio.unrealized_pnls(self.venue).values())
         self.pnl_total.set(self._realized + unrealized)
         self.pnl_realized.set(self._realized)
-        if equity is None:
+        if account is None:
             return
-        gross = 0.0
+        if account.is_margin_account:
+            balance = account.balance_total(USDT)
+            equity = (balance.as_double() if balance is not None else 0.0) + unrealized
+        else:
+            equity = account_equity(self.portfolio, self.venue)
+        gross = 0.0  # notional at the last close this actor saw: cheaper than the portfolio's net exposure
         for position in open_positions:
-            exposure = self.portfolio.net_exposure(position.instrument_id)
-            gross += abs(exposure.as_double()) if exposure is not None else 0.0
+            price = self._last_close.get(position.instrument_id)
+            if price is None:
+                exposure = self.portfolio.net_exposure(position.instrument_id)
+                gross += abs(exposure.as_double()) if exposure is not None else 0.0
+            else:
+                gross += position.quantity.as_double() * price * position.multiplier.as_double()
         self.equity.set(equity)
         self._peak_equity = max(self._peak_equity, equity)
         self.drawdown.set(
@@ -335,4 +348,7 @@ class MetricsExporter(Actor):
             self._realized += pnl
             self.trades.inc()
             self.win_rate.set(self._wins / self._closed)
-        self.sample()
+            self.pnl_realized.set(self._realized)
+        # the count at once; equity, PnL and exposure at the next bar's sample (a full sample per fill would
+        # cost a backtest more than the fills themselves)
+        self.positions.set(self.cache.positions_open_count(venue=self.venue))
