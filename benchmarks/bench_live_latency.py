@@ -42,6 +42,10 @@ KEYS = {"BINANCE_FUTURES_TESTNET_API_KEY": "bench", "BINANCE_FUTURES_TESTNET_API
 def live_config(symbols: list[str], registry: Path, fake, batch_delay_ms: int) -> dict:
     cfg = yaml.safe_load((ROOT / "configs" / "live" / "ensemble_challenge100.yaml").read_text())
     cfg.pop("message_bus", None)  # streams need Redis; this node runs without
+    # the example's metrics exporter binds a fixed port (9464): take a free one so a running node does not clash
+    for actor in cfg.get("actors", []):
+        if actor["path"] == "actors.metrics_exporter:MetricsExporter":
+            actor.setdefault("config", {})["port"] = 0
     strategy = cfg["strategies"][0]["config"]
     strategy |= {"models": [f"{k}:production" for k in TREES], "batch_delay_ms": batch_delay_ms}
     strategy["weights"] = {k: strategy["weights"][k] for k in TREES}

@@ -194,6 +194,31 @@ def test_a_replay_without_stored_signals_names_the_command_that_writes_them(trai
         run(backtest_config(root, signal_source="catalog"))
 
 
+def test_the_metrics_exporter_counts_every_vote_and_batch_and_changes_no_fill(trained, online):
+    """actors/metrics_exporter.py in the same run: its counters match the recorded signals, one decision-latency
+    observation per batch, and the trades are those of the run without it."""
+    from actors.metrics_exporter import MetricsExporter
+    from quantum_trader.events import MODEL_KINDS
+
+    cfg = backtest_config(trained[0]) | {"actors": [{"path": "actors.metrics_exporter:MetricsExporter"}]}
+    with_metrics = run(cfg)
+    (exporter,) = [a for a in with_metrics.engine.trader.actors() if isinstance(a, MetricsExporter)]
+    metrics = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in exporter.registry.collect()
+        for s in family.samples
+    }
+    signals = online.signals.frame()
+    for kind in MODEL_KINDS:
+        assert metrics[("qt_model_predictions_total", (kind,))] == signals[f"vote_{kind}"].notna().sum() > 0
+    assert sum(v for (name, _), v in metrics.items() if name == "qt_signals_total") == len(signals)
+    assert metrics[("qt_models_loaded", ())] == 4
+    assert metrics[("qt_model_latency_seconds_count", ())] == signals["ts_event"].nunique()
+    assert 0 < metrics[("qt_model_latency_seconds_sum", ())] / signals["ts_event"].nunique() < 1
+    assert metrics[("qt_trades_total", ())] > 0
+    assert fingerprint(fills_of(with_metrics)) == fingerprint(fills_of(online))
+
+
 def test_same_config_same_trades(trained, online):
     again = run(backtest_config(trained[0]))
     assert fingerprint(fills_of(again)) == fingerprint(fills_of(online))
