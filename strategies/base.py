@@ -23,6 +23,14 @@ to us for MARGIN accounts:
   `on_warmup(bars)` in close-time order, with entries refused, and the live bars that arrived meanwhile are
   then played in order (those the history already held are dropped). A backtest needs none of this: its
   warm-up bars are simply the first bars of the run (and `trade_start` keeps entries out of them).
+- Feed gaps: a bar more than one interval after the instrument's previous bar means bars were missed (Binance's
+  websocket does not replay klines missed while it was disconnected). The gap is logged as a WARNING and
+  published as RiskEvent(source feed_guard, code feed_gap); then, with `feed_gap_backfill`, the missing bars
+  are requested and the same hold-and-replay path as the warm-up puts them through `on_warmup` before the
+  held bar, so features never see a hole. When the backfill does not bring every missing bar within
+  `feed_gap_timeout_seconds`, entries on that instrument are refused for `feed_gap_block_bars` bars.
+- Venue faults left over after the exchange client's own retries (strategies/execution_guard.py): a rejected
+  exit is sent again, a rejected cancel of a still-open order is retried, slow answers are logged.
 
 Two optional parts, each switched on by naming a profile in the config:
 - `exit_profile` (configs/exits/): the Exit Brain (strategies/exit_brain.py) protects every position with
@@ -45,6 +53,7 @@ from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
 from nautilus_trader.model.events import (
     OrderAccepted,
     OrderCanceled,
+    OrderCancelRejected,
     OrderDenied,
     OrderFilled,
     OrderRejected,
@@ -59,7 +68,8 @@ from nautilus_trader.trading.strategy import Strategy
 
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
-from quantum_trader.events import OperatorCommand
+from quantum_trader.events import OperatorCommand, RiskEvent
+from strategies.execution_guard import ExecutionGuard
 from strategies.exit_brain import ExitBrain, is_stop
 from strategies.exit_profile import exit_profile_from
 from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
@@ -80,6 +90,14 @@ class QTStrategyConfig(StrategyConfig, frozen=True):
     execution_delay_bars: int = 0  # 1 = act on the instrument's next bar (the runner sets it: next_bar_close)
     warmup_bars: int = 0  # bars of history requested per bar type at start (the live node sets it)
     warmup_timeout_seconds: float = 60.0  # start trading with what arrived when history takes longer
+    feed_gap_backfill: bool = True  # request the bars a feed gap missed and play them before the held bar
+    feed_gap_timeout_seconds: float = 10.0  # trade on when the backfill takes longer (entries then blocked)
+    feed_gap_block_bars: int = 12  # entries refused for this many bars after a gap the backfill did not fill
+    exit_retries: int = 5  # a rejected exit (reduce-only market) is sent again this many times
+    exit_retry_seconds: float = 1.0
+    cancel_retries: int = 3  # a rejected cancel of an order still open here is sent again this many times
+    cancel_retry_seconds: float = 1.0
+    slow_venue_seconds: float = 1.0  # a WARNING when an order's first answer takes longer than this
     exit_profile: str | dict[str, Any] | None = None  # a name in configs/exits/, a path, or a mapping
     risk_profile: str | dict[str, Any] | None = None  # a name in configs/risk/, a path, or a mapping
 
@@ -118,6 +136,17 @@ class QTStrategy(Strategy):
         self._warmup_history: list[Bar] = []
         self._warmup_live: list[Bar] = []  # live bars that arrived while the history was on its way
         self._warmup_last_seen: dict = {}  # instrument -> close of its last history bar, until a later bar
+        self.guard = ExecutionGuard(self, config)
+        self._last_bar_ns: dict[
+            InstrumentId, int
+        ] = {}  # newest bar close seen per instrument (live or history)
+        self._gaps: dict[
+            InstrumentId, tuple[int, int, int]
+        ] = {}  # backfills on their way: (after, before, n)
+        self._blocked: dict[InstrumentId, int] = {}  # instrument -> bars left with entries refused (a hole)
+        self.feed_gaps: list[
+            tuple[str, int, int, int]
+        ] = []  # (instrument, previous close, bar close, missing)
 
     def bind_risk_engine(self, risk_engine) -> None:
         """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
@@ -159,25 +188,106 @@ class QTStrategy(Strategy):
             self.request_bars(
                 bar_type, start=now - span, callback=self._warmup_answered, request_id=request_id
             )
-        self.clock.set_time_alert(
-            "qt-warmup-timeout",
-            now + pd.Timedelta(seconds=self.config.warmup_timeout_seconds),
-            self._warmup_timed_out,
-        )
+        self._arm_history_timeout(self.config.warmup_timeout_seconds)
         self.log.info(f"Warm-up: requested {self.config.warmup_bars} bars of {len(self.bar_types)} bar types")
+
+    def _arm_history_timeout(self, seconds: float) -> None:
+        if "qt-warmup-timeout" in self.clock.timer_names:
+            self.clock.cancel_timer("qt-warmup-timeout")
+        self._history_timeout = seconds
+        self.clock.set_time_alert(
+            "qt-warmup-timeout", self.clock.utc_now() + pd.Timedelta(seconds=seconds), self._warmup_timed_out
+        )
 
     def on_historical_data(self, data: Data) -> None:
         if self.warming_up and isinstance(data, Bar):
             self._warmup_history.append(data)
+            iid = data.bar_type.instrument_id
+            self._last_bar_ns[iid] = max(self._last_bar_ns.get(iid, 0), data.ts_event)
 
     def handle_bar(self, bar: Bar, historical: bool = False) -> None:
-        if self._warmup_last_seen and not historical:
-            if self.warming_up:
-                self._warmup_live.append(bar)  # played once the history is in, so features stay in order
-                return
-            if self._already_seen(bar):
-                return
+        if not historical:
+            if self._warmup_last_seen:
+                if self.warming_up:
+                    self._warmup_live.append(bar)  # played once the history is in, so features stay in order
+                    return
+                if self._already_seen(bar):
+                    return
+            if self._feed_gap(bar):
+                return  # held: played after the missing bars
         super().handle_bar(bar, historical)
+
+    # ---- feed gaps -----------------------------------------------------------------------------------
+    def _feed_gap(self, bar: Bar) -> bool:
+        """Detect missing bars before `bar`; True when `bar` is held while they are requested."""
+        iid = bar.bar_type.instrument_id
+        last = self._last_bar_ns.get(iid)
+        if last is not None and bar.ts_event <= last:
+            return False
+        self._last_bar_ns[iid] = bar.ts_event
+        if last is None:
+            return False
+        step = int(bar.bar_type.spec.timedelta.total_seconds() * 1e9)
+        missing = (bar.ts_event - last + step // 2) // step - 1  # live stamps are float-rounded: nearest step
+        if missing < 1:
+            if self._blocked.get(iid):
+                self._blocked[iid] -= 1
+            return False
+        since, until = pd.Timestamp(last, tz="UTC"), pd.Timestamp(bar.ts_event, tz="UTC")
+        backfill = self.config.feed_gap_backfill
+        reason = (
+            f"{missing} missing {bar.bar_type.spec} bar(s) of {iid} between the closes {since} and {until}"
+        )
+        self.log.warning(f"Feed gap: {reason}" + ("; requesting them" if backfill else ""))
+        self.feed_gaps.append((str(iid), last, bar.ts_event, int(missing)))
+        self._publish_feed_event("feed_gap", reason, iid, float(missing))
+        if not backfill:
+            self._block_entries(iid, f"{missing} bar(s) missing")
+            return False
+        self._gaps[iid] = (last, bar.ts_event, int(missing))
+        self.warming_up = True  # the warm-up path holds live bars and refuses entries until the bars are in
+        self._warmup_last_seen = self._warmup_last_seen or {None: 0}
+        self._warmup_live.append(bar)
+        request_id = UUID4()
+        self._warmup_waiting.add(request_id)
+        self._arm_history_timeout(self.config.feed_gap_timeout_seconds)
+        self.request_bars(
+            bar.bar_type,
+            start=pd.Timestamp(last + 1, tz="UTC"),
+            # the close of the last missing bar plus half a millisecond: Binance's endTime bounds open times,
+            # and the held bar opens 1 ms after that close
+            end=pd.Timestamp(bar.ts_event - step + 500_000, tz="UTC"),
+            callback=self._warmup_answered,
+            request_id=request_id,
+        )
+        return True
+
+    def _close_gaps(self, history: list[Bar]) -> None:
+        """After a backfill: each gap is either filled (INFO) or its instrument's entries are blocked."""
+        gaps, self._gaps = self._gaps, {}
+        for iid, (after, before, missing) in gaps.items():
+            got = sum(1 for b in history if b.bar_type.instrument_id == iid and after < b.ts_event < before)
+            if got >= missing:
+                self.log.info(f"Feed gap of {iid} backfilled: {got} bar(s) played before the held bar")
+            else:
+                self._block_entries(iid, f"the backfill brought {got} of {missing} missing bar(s)")
+
+    def _block_entries(self, iid: InstrumentId, why: str) -> None:
+        bars = self.config.feed_gap_block_bars
+        if bars <= 0:
+            return
+        self._blocked[iid] = bars
+        reason = f"entries on {iid} refused for the next {bars} bars: {why} (a hole in its feature window)"
+        self.log.warning(f"Feed gap: {reason}")
+        self._publish_feed_event("feed_gap_block", reason, iid, float(bars))
+
+    def _publish_feed_event(self, code: str, reason: str, iid: InstrumentId, value: float) -> None:
+        now = self.clock.timestamp_ns()
+        event = RiskEvent(
+            source="feed_guard", action="alert", code=code, reason=reason, symbol=str(iid), value=value,
+            ts_event=now, ts_init=now,
+        )  # fmt: skip
+        self.publish_data(DataType(RiskEvent), event)
 
     def _already_seen(self, bar: Bar) -> bool:
         """The history already held this bar. Live stamps are float-rounded (close time + a few ns), so
@@ -198,10 +308,12 @@ class QTStrategy(Strategy):
 
     def _warmup_timed_out(self, _event=None) -> None:
         if self.warming_up:
+            what = "Feed gap backfill" if self._gaps else "Warm-up"
             self.log.warning(
-                f"Warm-up: {len(self._warmup_waiting)} history request(s) unanswered after "
-                f"{self.config.warmup_timeout_seconds:.0f} s; starting with {len(self._warmup_history)} bars"
+                f"{what}: {len(self._warmup_waiting)} history request(s) unanswered after "
+                f"{self._history_timeout:g} s; going on with {len(self._warmup_history)} bars"
             )
+            self._warmup_waiting = set()
             self._finish_warmup()
 
     def _finish_warmup(self) -> None:
@@ -209,6 +321,7 @@ class QTStrategy(Strategy):
         self._warmup_last_seen = {}
         for bar in history:
             self._warmup_last_seen[bar.bar_type.instrument_id] = bar.ts_event
+        backfill = bool(self._gaps)
         try:
             self.on_warmup(history)
         finally:
@@ -216,8 +329,11 @@ class QTStrategy(Strategy):
             self._warmup_history = []
             if "qt-warmup-timeout" in self.clock.timer_names:
                 self.clock.cancel_timer("qt-warmup-timeout")
+            if backfill:
+                self._close_gaps(history)
         self.log.info(
-            f"Warm-up done: {len(history)} bars of history, {len(self._warmup_live)} live bars held"
+            f"{'Backfill' if backfill else 'Warm-up'} done: {len(history)} bars of history, "
+            f"{len(self._warmup_live)} live bars held"
         )
         live, self._warmup_live = self._warmup_live, []
         for bar in sorted(live, key=lambda b: (b.ts_event, self._bar_order(b))):
@@ -297,6 +413,8 @@ class QTStrategy(Strategy):
         """
         if self.warming_up:
             return False  # history is being replayed: its prices are gone
+        if self._blocked.get(instrument_id):
+            return False  # a feed gap left a hole in this instrument's feature window
         pending = self._entry_orders.get(instrument_id)
         if pending is not None and not pending.is_closed:
             return False  # the last entry has not filled yet: a second one would double the position
@@ -366,6 +484,7 @@ class QTStrategy(Strategy):
 
     def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
         self.order_budget.record(self.clock.timestamp_ns())
+        self.guard.sent(order)
         super().submit_order(order, position_id, client_id, params)
 
     def decide(self, instrument_id: InstrumentId, action: Callable[[], None]) -> None:
@@ -424,13 +543,15 @@ class QTStrategy(Strategy):
 
     # ---- position events: Exit Brain first, then the liquidation guard ------------------------------
     def on_order_filled(self, event: OrderFilled) -> None:
+        self.guard.answered(self.cache.order(event.client_order_id), "filled")
         if self.exit_brain is not None:
             self.exit_brain.on_order_filled(event)
 
     def on_order_accepted(self, event: OrderAccepted) -> None:
+        order = self.cache.order(event.client_order_id)
+        self.guard.answered(order, "accepted")
         if self.exit_brain is None:
             return
-        order = self.cache.order(event.client_order_id)
         self.exit_brain.on_order_accepted(order)
         guard = self._liquidation_orders.get(event.instrument_id)
         if (
@@ -448,8 +569,20 @@ class QTStrategy(Strategy):
 
     def on_order_rejected(self, event: OrderRejected) -> None:
         self._entry_failed(event)
+        order = self.cache.order(event.client_order_id)
+        self.guard.answered(order, "rejected")
         if self.exit_brain is not None:
-            self.exit_brain.on_order_rejected(self.cache.order(event.client_order_id))
+            managed = self.exit_brain.positions.get(event.instrument_id)
+            if managed is not None and order is managed.stop_order and not managed.closing:
+                self.log.error(
+                    f"Stop {event.client_order_id} of {event.instrument_id} rejected by the venue ({event.reason}); "
+                    "the Exit Brain closes the position at market rather than leave it without a stop"
+                )
+            self.exit_brain.on_order_rejected(order)  # a rejected stop: the position is closed at market
+        self.guard.exit_rejected(order, event.reason)  # a rejected close: sent again
+
+    def on_order_cancel_rejected(self, event: OrderCancelRejected) -> None:
+        self.guard.cancel_rejected(self.cache.order(event.client_order_id), event.reason)
 
     def on_order_canceled(self, event: OrderCanceled) -> None:
         self._entry_failed(event)
@@ -468,6 +601,7 @@ class QTStrategy(Strategy):
         self._protect(position)
 
     def on_position_changed(self, event: PositionChanged) -> None:
+        self.guard.position_changed(event.instrument_id)
         position = self.cache.position(event.position_id)
         if self.exit_brain is not None and position is not None:
             self.exit_brain.on_position_changed(position)

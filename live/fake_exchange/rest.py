@@ -297,7 +297,7 @@ def control_routes(ex: "FakeBinance") -> list[web.RouteDef]:
         try:
             ex.faults.fail(
                 a["endpoint"], _times(a, 1), _int(a.get("status")), int(code) if code is not None else None,
-                a.get("msg"), int(a.get("retry_after", 1)),
+                a.get("msg"), int(a.get("retry_after", 1)), a.get("params"),
             )  # fmt: skip
         except (KeyError, ValueError) as err:
             return web.json_response({"error": str(err)}, status=400)
@@ -305,7 +305,7 @@ def control_routes(ex: "FakeBinance") -> list[web.RouteDef]:
 
     async def delay(request):
         a = await args(request)
-        ex.faults.delay(a["endpoint"], float(a["seconds"]), _times(a, None))
+        ex.faults.delay(a["endpoint"], float(a["seconds"]), _times(a, None), a.get("params"))
         return web.json_response({"ok": True})
 
     async def clear(request):
@@ -355,10 +355,11 @@ def _times(a: dict, default):
 
 async def apply_faults(ex: "FakeBinance", request: web.Request) -> web.Response | None:
     """The injected answer for this request, after any injected delay; None to answer normally."""
-    seconds = ex.faults.delay_for(request.method, request.path)
+    query = dict(request.query)
+    seconds = ex.faults.delay_for(request.method, request.path, query)
     if seconds:
         await asyncio.sleep(seconds)
-    rule = ex.faults.failure_for(request.method, request.path)
+    rule = ex.faults.failure_for(request.method, request.path, query)
     if rule is None:
         return None
     headers = {"Retry-After": str(rule.retry_after)} if rule.status == 429 else None
