@@ -144,6 +144,7 @@ class QTStrategy(Strategy):
             InstrumentId, tuple[int, int, int]
         ] = {}  # backfills on their way: (after, before, n)
         self._blocked: dict[InstrumentId, int] = {}  # instrument -> bars left with entries refused (a hole)
+        self._step_ns: dict[BarType, int] = {}
         self.feed_gaps: list[
             tuple[str, int, int, int]
         ] = []  # (instrument, previous close, bar close, missing)
@@ -227,7 +228,9 @@ class QTStrategy(Strategy):
         self._last_bar_ns[iid] = bar.ts_event
         if last is None:
             return False
-        step = int(bar.bar_type.spec.timedelta.total_seconds() * 1e9)
+        step = self._step_ns.get(bar.bar_type)
+        if step is None:
+            step = self._step_ns[bar.bar_type] = int(bar.bar_type.spec.timedelta.total_seconds() * 1e9)
         missing = (bar.ts_event - last + step // 2) // step - 1  # live stamps are float-rounded: nearest step
         if missing < 1:
             if self._blocked.get(iid):

@@ -435,3 +435,43 @@ def test_live_config_sets_the_exec_clients_retries():
     assert off.max_retries is None  # Nautilus' own default: no retry
     with pytest.raises(Exception, match="delay_max_ms"):
         parse_live_config(base | {"retries": {"delay_initial_ms": 500, "delay_max_ms": 100}})
+
+
+# ---- the same feed-gap path in a backtest ----------------------------------------------------------------
+def test_a_gap_in_backtest_data_is_detected_and_blocks_entries_for_a_while(tmp_path):
+    """One code path: a backtest's request for the missing bar is answered at once (the catalog has no such
+    bar), so the held bar is played at its own time, and entries on the instrument wait `feed_gap_block_bars`."""
+    from backtests.config import parse_backtest_config
+    from backtests.runner import run_backtest
+    from tests.conftest import random_walk
+
+    frame = candles(random_walk(300, seed=1)).drop(index=[250]).reset_index(drop=True)
+    build_catalog(tmp_path / "catalog", {"AAAUSDT": frame})
+    start = pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(minutes=5 * 200)
+    config = {
+        "catalog": str(tmp_path / "catalog"),
+        "universe": {"select": "all"},
+        "period": {"start": start.isoformat(), "end": (start + pd.Timedelta(days=1)).isoformat()},
+        "strategies": [
+            {
+                "path": "tests.strategies_for_tests:FaultProbe",
+                # bar 52 is the first after the gap: it and the next 11 refuse entries, bar 64 is allowed again
+                "config": {
+                    "enter_on": [51, 53, 63, 64],
+                    "exit_on": [52],
+                    "atr": 0.5,
+                    "feed_gap_block_bars": 12,
+                },
+            }
+        ],
+        "report": {"tearsheet": False},
+    }
+    artifacts = run_backtest(parse_backtest_config(config), progress=False)
+    strategy = artifacts.strategies[0]
+    ((iid, before, after, missing),) = strategy.feed_gaps
+    assert (iid, missing, after - before) == ("AAAUSDT-PERP.BINANCE", 1, 2 * INTERVAL_NS)
+    assert strategy.seen.index(after) == 51  # on_bar 52 is the bar after the gap, played at its own time
+    assert not strategy.warming_up and not strategy.backfilled
+    entries = sorted(o.ts_init for o in artifacts.engine.kernel.cache.orders() if "ENTRY" in (o.tags or []))
+    bar_of = {ts: n + 1 for n, ts in enumerate(strategy.seen)}
+    assert [bar_of[ts] for ts in entries] == [51, 64]
