@@ -1,6 +1,8 @@
-"""A workaround for a Nautilus 1.231 Binance USDT-M exec client bug that flattens a running node's position.
+"""Workarounds for two Nautilus 1.231 Binance USDT-M exec client bugs in reconciliation.
 
-Found by tests/test_live_faults.py (websocket drop), against the local fake exchange:
+Both found by tests/test_live_faults.py (websocket drops), against the local fake exchange.
+
+1. Fills counted twice flatten a running node's position.
 
 The exec client builds its set of "active symbols" for reconciliation from two sources with two spellings:
 the cache's open orders and positions give Nautilus symbols (`BTCUSDT-PERP`, `_get_cache_active_symbols`),
@@ -17,10 +19,25 @@ and at a warm restart with the cache in Redis (probably the root of issue #4736,
 around by clearing the cached orders and positions; unverified whether this fix alone would do).
 
 The fix here: `_get_cache_active_symbols` returns Binance symbols, and fill reports are de-duplicated by
-(instrument, venue order id, trade id) with a WARNING if any were dropped. Nothing else in the client changes.
+(instrument, venue order id, trade id) with a WARNING if any were dropped.
+
+2. A stop that triggered while the user stream was down is never reconciled.
+
+An algo order (STOP_MARKET, ...) has its algoId as venue order id until ALGO_UPDATE TRIGGERED tells the client
+the id of the regular order it became (an OrderUpdated). If that event is lost (the stream was down, or the
+listen key was being rotated), the reconciliation reports the triggered regular order (its client order id is
+the algo order's) under the new id; the engine refuses to apply its fill to an order with another venue order id
+("Error on applying OrderFilled ... was not equal to 'event.venue_order_id'"), and the node keeps the position
+and the stop open while the venue is flat.
+
+The fix here: in the mass status, the report of such an order, and its fills, are filed under the venue order
+id the cache holds for it (a WARNING names both ids), so the engine applies the fill and closes the position.
+
+Nothing else in the client changes.
 """
 
 from nautilus_trader.adapters.binance import BinanceLiveExecClientFactory
+from nautilus_trader.adapters.binance.common.constants import BINANCE_FUTURES_ALGO_ORDER_TYPES
 from nautilus_trader.adapters.binance.common.symbol import BinanceSymbol
 
 
@@ -56,5 +73,40 @@ def patch_exec_client(client) -> None:
             )
         return unique
 
+    generate_mass_status = client.generate_mass_status
+
+    async def mass_status(lookback_mins=None):
+        status = await generate_mass_status(lookback_mins)
+        if status is not None:
+            refile_triggered_algo_orders(client, status)
+        return status
+
     client._get_cache_active_symbols = active_symbols
     client.generate_fill_reports = fill_reports
+    client.generate_mass_status = mass_status
+
+
+def refile_triggered_algo_orders(client, status) -> int:
+    """File the reports of triggered algo orders under the venue order id the cache knows (bug 2 above)."""
+    refiled = 0
+    for venue_order_id, report in list(status._order_reports.items()):
+        order = client._cache.order(report.client_order_id) if report.client_order_id else None
+        if order is None or order.venue_order_id is None or order.venue_order_id == venue_order_id:
+            continue
+        if order.order_type not in BINANCE_FUTURES_ALGO_ORDER_TYPES:
+            continue
+        known = order.venue_order_id
+        del status._order_reports[venue_order_id]
+        report.venue_order_id = known
+        status._order_reports[known] = report
+        fills = status._fill_reports.pop(venue_order_id, [])
+        for fill in fills:
+            fill.venue_order_id = known
+        if fills:
+            status._fill_reports.setdefault(known, []).extend(fills)
+        refiled += 1
+        client._log.warning(
+            f"{order.client_order_id!r} ({order.type_string()}) triggered at the venue as order {venue_order_id} "
+            f"while its ALGO_UPDATE was missed: reconciling it under {known} (live/binance_fixes.py)"
+        )
+    return refiled
