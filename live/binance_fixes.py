@@ -1,6 +1,6 @@
-"""Workarounds for two Nautilus 1.231 Binance USDT-M exec client bugs in reconciliation.
+"""Workarounds for three Nautilus 1.231 Binance USDT-M exec client hazards.
 
-Both found by tests/test_live_faults.py (websocket drops), against the local fake exchange.
+All found by tests/test_live_faults.py, against the local fake exchange.
 
 1. Fills counted twice flatten a running node's position.
 
@@ -33,12 +33,26 @@ and the stop open while the venue is flat.
 The fix here: in the mass status, the report of such an order, and its fills, are filed under the venue order
 id the cache holds for it (a WARNING names both ids), so the engine applies the fill and closes the position.
 
+3. A submit answered -1007 ("execution status unknown") is sent again.
+
+-1007 is in the client's retry set (`BINANCE_RETRY_ERRORS`), so with `max_retries` (live/config.py `retries`)
+a submit whose answer was lost is re-sent with the same client order id. If the first one reached the matching
+engine and is no longer open (a market order that filled), Binance takes the second as a new order: the entry
+is doubled (seen with the fake: 4 held where 2 were ordered).
+
+The fix here: a submit that ends in -1007 is neither retried nor rejected. A WARNING says so, and the order
+stays SUBMITTED: its user-stream events settle it if it reached the venue, otherwise Nautilus' in-flight check
+queries it (after 5 s, every 2 s, 5 times) and resolves it from the venue's answer. Cancels are still retried
+on -1007 (cancelling twice is harmless).
+
 Nothing else in the client changes.
 """
 
 from nautilus_trader.adapters.binance import BinanceLiveExecClientFactory
 from nautilus_trader.adapters.binance.common.constants import BINANCE_FUTURES_ALGO_ORDER_TYPES
+from nautilus_trader.adapters.binance.common.enums import BinanceErrorCode
 from nautilus_trader.adapters.binance.common.symbol import BinanceSymbol
+from nautilus_trader.adapters.binance.http.error import BinanceError, get_binance_error_code
 
 
 class QTBinanceLiveExecClientFactory(BinanceLiveExecClientFactory):
@@ -81,9 +95,28 @@ def patch_exec_client(client) -> None:
             refile_triggered_algo_orders(client, status)
         return status
 
+    def status_unknown_is_not_resent(submit):
+        async def submit_once(order, *args, **kwargs):
+            try:
+                return await submit(order, *args, **kwargs)
+            except BinanceError as err:
+                if get_binance_error_code(err) != BinanceErrorCode.TIMEOUT:
+                    raise
+                client._log.warning(
+                    f"Submit of {order.client_order_id!r}: execution status unknown ({err.message}); not sent "
+                    "again (it may be at the venue): left SUBMITTED for the user stream or the in-flight check "
+                    "to settle (live/binance_fixes.py)"
+                )
+                return None
+
+        return submit_once
+
     client._get_cache_active_symbols = active_symbols
     client.generate_fill_reports = fill_reports
     client.generate_mass_status = mass_status
+    client._submit_order_method = {
+        kind: status_unknown_is_not_resent(submit) for kind, submit in client._submit_order_method.items()
+    }
 
 
 def refile_triggered_algo_orders(client, status) -> int:

@@ -6,6 +6,8 @@ to hit a close but not an entry), and applies to the next `times` matching reque
 - `fail`: answer with HTTP `status` and `{"code": code, "msg": msg}`. 429 gets -1003 and a `Retry-After` header,
   5xx gets -1001, anything else needs a code (it must exist in Nautilus' `BinanceErrorCode`: the adapter calls
   `BinanceErrorCode(int(code))` on some paths and raises on unknown codes).
+  With `after=True` the request is carried out first and the error answered instead of its result: a lost
+  response (Binance's -1007 "Send status unknown; execution status unknown").
 - `delay`: sleep `seconds` before answering normally.
 Feed faults (`stall`, `skip`) live on the server: they stop kline pushes while the clock and matching go on.
 """
@@ -28,6 +30,7 @@ class Rule:
     retry_after: int = 1
     delay: float = 0.0
     params: dict = field(default_factory=dict)
+    after: bool = False  # carry the request out, then answer the error (a lost response)
 
     def matches(self, method: str, path: str, query: dict | None = None) -> bool:
         want_method, _, want_path = self.endpoint.rpartition(" ")
@@ -59,6 +62,7 @@ class Faults:
         msg: str | None = None,
         retry_after: int = 1,
         params: dict | None = None,
+        after: bool = False,
     ) -> Rule:
         """The next `times` requests to `endpoint` fail. Give `status` 429/5xx, or a Binance `code` (HTTP 400)."""
         status = status or (400 if code is not None else 429)
@@ -71,7 +75,7 @@ class Faults:
         text = msg or (
             default[1] if default and default[0] == code else _MESSAGES.get(code, "Injected fault.")
         )
-        rule = Rule(endpoint, times, status, code, text, retry_after, params=dict(params or {}))
+        rule = Rule(endpoint, times, status, code, text, retry_after, params=dict(params or {}), after=after)
         self.failures.append(rule)
         return rule
 

@@ -181,7 +181,7 @@ class FakeBinance:
 
     async def _answer(self, request: web.Request, handler, has_key: bool) -> web.StreamResponse:
         if request.path.startswith("/fapi/"):
-            injected = await apply_faults(self, request)
+            injected = await apply_faults(self, request, handler)
             if injected is not None:
                 return injected
             if request.path not in PUBLIC and not has_key:
