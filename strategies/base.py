@@ -137,17 +137,13 @@ class QTStrategy(Strategy):
         self._warmup_live: list[Bar] = []  # live bars that arrived while the history was on its way
         self._warmup_last_seen: dict = {}  # instrument -> close of its last history bar, until a later bar
         self.guard = ExecutionGuard(self, config)
-        self._last_bar_ns: dict[
-            InstrumentId, int
-        ] = {}  # newest bar close seen per instrument (live or history)
-        self._gaps: dict[
-            InstrumentId, tuple[int, int, int]
-        ] = {}  # backfills on their way: (after, before, n)
-        self._blocked: dict[InstrumentId, int] = {}  # instrument -> bars left with entries refused (a hole)
+        # feed gaps: the newest close seen per bar type (live or history), the backfills on their way per bar
+        # type (previous close, held bar's close, bars missing), bars left with entries refused per instrument
+        self._last_bar_ns: dict[BarType, int] = {}
+        self._gaps: dict[BarType, tuple[int, int, int]] = {}
+        self._blocked: dict[InstrumentId, int] = {}
         self._step_ns: dict[BarType, int] = {}
-        self.feed_gaps: list[
-            tuple[str, int, int, int]
-        ] = []  # (instrument, previous close, bar close, missing)
+        self.feed_gaps: list[tuple[str, int, int, int]] = []  # (bar type, previous close, bar close, missing)
 
     def bind_risk_engine(self, risk_engine) -> None:
         """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
@@ -203,8 +199,7 @@ class QTStrategy(Strategy):
     def on_historical_data(self, data: Data) -> None:
         if self.warming_up and isinstance(data, Bar):
             self._warmup_history.append(data)
-            iid = data.bar_type.instrument_id
-            self._last_bar_ns[iid] = max(self._last_bar_ns.get(iid, 0), data.ts_event)
+            self._last_bar_ns[data.bar_type] = max(self._last_bar_ns.get(data.bar_type, 0), data.ts_event)
 
     def handle_bar(self, bar: Bar, historical: bool = False) -> None:
         if not historical:
@@ -222,10 +217,10 @@ class QTStrategy(Strategy):
     def _feed_gap(self, bar: Bar) -> bool:
         """Detect missing bars before `bar`; True when `bar` is held while they are requested."""
         iid = bar.bar_type.instrument_id
-        last = self._last_bar_ns.get(iid)
+        last = self._last_bar_ns.get(bar.bar_type)
         if last is not None and bar.ts_event <= last:
             return False
-        self._last_bar_ns[iid] = bar.ts_event
+        self._last_bar_ns[bar.bar_type] = bar.ts_event
         if last is None:
             return False
         step = self._step_ns.get(bar.bar_type)
@@ -242,12 +237,12 @@ class QTStrategy(Strategy):
             f"{missing} missing {bar.bar_type.spec} bar(s) of {iid} between the closes {since} and {until}"
         )
         self.log.warning(f"Feed gap: {reason}" + ("; requesting them" if backfill else ""))
-        self.feed_gaps.append((str(iid), last, bar.ts_event, int(missing)))
+        self.feed_gaps.append((str(bar.bar_type), last, bar.ts_event, int(missing)))
         self._publish_feed_event("feed_gap", reason, iid, float(missing))
         if not backfill:
             self._block_entries(iid, f"{missing} bar(s) missing")
             return False
-        self._gaps[iid] = (last, bar.ts_event, int(missing))
+        self._gaps[bar.bar_type] = (last, bar.ts_event, int(missing))
         self.warming_up = True  # the warm-up path holds live bars and refuses entries until the bars are in
         self._warmup_last_seen = self._warmup_last_seen or {None: 0}
         self._warmup_live.append(bar)
@@ -268,8 +263,9 @@ class QTStrategy(Strategy):
     def _close_gaps(self, history: list[Bar]) -> None:
         """After a backfill: each gap is either filled (INFO) or its instrument's entries are blocked."""
         gaps, self._gaps = self._gaps, {}
-        for iid, (after, before, missing) in gaps.items():
-            got = sum(1 for b in history if b.bar_type.instrument_id == iid and after < b.ts_event < before)
+        for bar_type, (after, before, missing) in gaps.items():
+            iid = bar_type.instrument_id
+            got = sum(1 for b in history if b.bar_type == bar_type and after < b.ts_event < before)
             if got >= missing:
                 self.log.info(f"Feed gap of {iid} backfilled: {got} bar(s) played before the held bar")
             else:

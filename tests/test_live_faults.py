@@ -492,8 +492,12 @@ def test_a_gap_in_backtest_data_is_detected_and_blocks_entries_for_a_while(tmp_p
     }
     artifacts = run_backtest(parse_backtest_config(config), progress=False)
     strategy = artifacts.strategies[0]
-    ((iid, before, after, missing),) = strategy.feed_gaps
-    assert (iid, missing, after - before) == ("AAAUSDT-PERP.BINANCE", 1, 2 * INTERVAL_NS)
+    ((bar_type, before, after, missing),) = strategy.feed_gaps
+    assert (bar_type, missing, after - before) == (
+        "AAAUSDT-PERP.BINANCE-5-MINUTE-LAST-EXTERNAL",
+        1,
+        2 * INTERVAL_NS,
+    )
     assert strategy.seen.index(after) == 51  # on_bar 52 is the bar after the gap, played at its own time
     assert not strategy.warming_up and not strategy.backfilled
     entries = sorted(o.ts_init for o in artifacts.engine.kernel.cache.orders() if "ENTRY" in (o.tags or []))
