@@ -83,7 +83,10 @@ class RetriesConfig(StrictModel):
     Binance answers a 5xx, -1003 too many requests (HTTP 429), -1007 timeout, -1008 server busy, -1021
     timestamp, -2011 cancel rejected, -5028 recvWindow), with exponential backoff and jitter between
     `delay_initial_ms` and `delay_max_ms`. It does not read a 429's Retry-After header. Nautilus' default is
-    no retry at all. `max_retries: 0` turns it off."""
+    no retry at all. `max_retries: 0` turns it off. Keep the sum of the delays (at most about 7 s with the
+    defaults) well under the in-flight check (an order SUBMITTED for 5 s is queried, and rejected as unknown
+    after 5 more queries 2 s apart), or a retry can place an order the node has already given up on. A submit
+    answered -1007 is never retried (live/binance_fixes.py)."""
 
     max_retries: int = Field(3, ge=0, le=10)
     delay_initial_ms: int = Field(1000, ge=1, description="first backoff; short delays risk a ban on 429s")
