@@ -12,6 +12,7 @@ from quantum_trader.components import (  # noqa: F401 (re-exported: the backtest
     resolve_component,
 )
 from quantum_trader.config import StrictModel, load_config, parse_config
+from strategies.order_budget import OrderRate
 
 MEGACAPS = (
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT", "AVAXUSDT",
@@ -69,19 +70,11 @@ class VenueConfig(StrictModel):
     funding: bool = True
     liquidation: bool = True
     maintenance_margin_rate: float = Field(0.005, ge=0, lt=1)
-    max_order_rate: str = Field(
+    max_order_rate: OrderRate = Field(
         "200/00:00:10",
         description="orders the node may submit per interval (orders/HH:MM:SS), enforced by Nautilus' "
         "RiskEngine; Binance USDT-M allows 300 per 10 s and 1,200 per minute, and 200 per 10 s keeps both",
     )
-
-    @field_validator("max_order_rate")
-    @classmethod
-    def _rate_format(cls, v: str):
-        from strategies.order_budget import parse_rate
-
-        parse_rate(v)
-        return v
 
     @field_validator("leverage")
     @classmethod

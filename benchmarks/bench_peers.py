@@ -13,6 +13,12 @@ GC), timed from start to exit; peak = that process' own max RSS.
   HEDGING (as the auditors' harness), analyzer off. bare NETTING: the same script with OmsType.NETTING, the OMS
   `qt backtest` and the live node use (NETTING gives the live node the backtest's position ids and its restart
   recovery, see README), with the project's snapshot memo; it is the like-for-like yardstick.
+- qt ensemble+risk: `qt backtest` of configs/backtests/ensemble_challenge100.yaml (EnsembleStrategy,
+  CHALLENGE_100 exits, moderate risk profile, emergency stop, 10,000 USDT at 5x) on the same bars, with the
+  two trees (XGBoost, LightGBM) trained on the period itself. For timing only: on these bars no model beats
+  the zero forecast, so the strategy would refuse to start; the benchmark stamps a passing skill record into
+  its own temporary registry (the real verdict is printed) so that the trees vote. The nets' cost per batch
+  is measured by bench_ml.py. Skipped with --no-ensemble.
 - freqtrade: `freqtrade backtesting` in its own venv (installed once under --freqtrade-venv), the same EMA
   with a 2% stoploss, futures, isolated margin, leverage 1 (benchmarks/peers/freqtrade_peer.py). Skipped, with
   the reason, where it cannot be installed or run.
@@ -35,7 +41,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import ROOT, SHARED, require_data
+import yaml
+from common import ROOT, SHARED, TREES, require_data, train_timing_trees
 from peers import freqtrade_peer
 
 from catalog.ingest import ingest
@@ -88,11 +95,10 @@ def failure(rc: int, log: Path) -> dict:
     return {"error": f"exit {rc}: {errors[-1][-200:]} (log {log})"}
 
 
-def run_qt(name: str, catalog: Path, work: Path, start, end) -> dict:
+def peer_config(name: str, catalog: Path, start, end) -> dict:
     path, conf = QT_RUNS[name]
-    slug = name.replace(" ", "_")
-    cfg = {
-        "name": f"peers-{slug}",
+    return {
+        "name": f"peers-{name.replace(' ', '_')}",
         "catalog": str(catalog),
         "universe": {"select": "all", "market": "futures", "interval": "5m"},
         "period": {"start": start.isoformat(), "end": end.isoformat()},
@@ -102,6 +108,24 @@ def run_qt(name: str, catalog: Path, work: Path, start, end) -> dict:
         "strategies": [{"path": path, "config": conf}],
         "report": {"tearsheet": False},
     }
+
+
+def ensemble_config(registry: Path, catalog: Path, start, end) -> dict:
+    """configs/backtests/ensemble_challenge100.yaml on these bars, voting with the two trees."""
+    cfg = yaml.safe_load((ROOT / "configs" / "backtests" / "ensemble_challenge100.yaml").read_text())
+    strategy = cfg["strategies"][0]["config"]
+    strategy |= {"registry": str(registry), "models": [f"{k}:production" for k in TREES]}
+    strategy["weights"] = {k: strategy["weights"][k] for k in TREES}
+    return cfg | {
+        "name": "peers-ensemble",
+        "catalog": str(catalog),
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "report": {"tearsheet": False},
+    }
+
+
+def run_qt(name: str, cfg: dict, work: Path) -> dict:
+    slug = name.replace(" ", "_").replace("+", "_")
     (work / f"{slug}.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     out = work / f"report-{slug}"
     cli = "import sys; from quantum_trader.cli import main; sys.exit(main())"
@@ -165,16 +189,16 @@ def progress(name: str, result: dict) -> dict:
 
 def print_table(results: dict) -> None:
     bare = results.get("bare Nautilus", {})
-    print(f"\n{'run':<15} {'run s':>7} {'process s':>9} {'trades':>7} {'orders':>7} {'bars':>8} "
+    print(f"\n{'run':<16} {'run s':>7} {'process s':>9} {'trades':>7} {'orders':>7} {'bars':>8} "
           f"{'peak GiB':>8} {'x bare run':>10} {'x bare process':>14}")  # fmt: skip
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<15} skipped: {r['error']}")
+            print(f"{name:<16} skipped: {r['error']}")
             continue
         x_run = f"{r['run_s'] / bare['run_s']:.2f}" if bare.get("run_s") else "-"
         x_proc = f"{r['process_s'] / bare['process_s']:.2f}" if bare.get("process_s") else "-"
         bars = f"{r['bars']:,}" if "bars" in r else "-"
-        print(f"{name:<15} {r['run_s']:>7.1f} {r['process_s']:>9.1f} {r['trades']:>7,} {r['orders']:>7,} "
+        print(f"{name:<16} {r['run_s']:>7.1f} {r['process_s']:>9.1f} {r['trades']:>7,} {r['orders']:>7,} "
               f"{bars:>8} {r['peak_gib']:>8.2f} {x_run:>10} {x_proc:>14}")  # fmt: skip
 
 
@@ -191,6 +215,10 @@ def print_ratios(results: dict) -> None:
     if "run_s" in qt and "run_s" in ft:
         print(f"qt EMA / freqtrade: {qt['process_s'] / ft['process_s']:.2f} (process), "
               f"{qt['run_s'] / ft['run_s']:.2f} (engine.run / freqtrade's trade loop)")  # fmt: skip
+    ens = results.get("qt ensemble+risk", {})
+    if "run_s" in ens and "run_s" in ft:
+        print(f"qt ensemble+risk / freqtrade EMA: {ens['process_s'] / ft['process_s']:.2f} (process), "
+              f"{ens['run_s'] / ft['run_s']:.2f} (engine.run / freqtrade's trade loop); target <= 1.0")  # fmt: skip
     if "left_open" in ft:
         print(f"freqtrade {ft['version']}: trades include {ft['left_open']} left open at the end (force-exited); "
               "its orders are entries and exits (a backtest's stoploss is no order)")  # fmt: skip
@@ -206,6 +234,7 @@ def main() -> None:
     ap.add_argument("--catalog", type=Path, help="use this catalog instead of ingesting the period")
     ap.add_argument("--freqtrade-venv", type=Path, default=freqtrade_peer.DEFAULT_VENV)
     ap.add_argument("--no-freqtrade", action="store_true", help="skip freqtrade")
+    ap.add_argument("--no-ensemble", action="store_true", help="skip the ensemble row")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, reports, configs)")
     args = ap.parse_args()
     require_data()
@@ -231,7 +260,11 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for name in QT_RUNS:
-        results[name] = progress(name, run_qt(name, catalog, work, start, END))
+        results[name] = progress(name, run_qt(name, peer_config(name, catalog, start, END), work))
+    if not args.no_ensemble:
+        registry = train_timing_trees(catalog, work / "models", start, END)
+        cfg = ensemble_config(registry, catalog, start, END)
+        results["qt ensemble+risk"] = progress("qt ensemble+risk", run_qt("qt ensemble+risk", cfg, work))
     results["bare Nautilus"] = progress("bare Nautilus", run_bare(catalog, work, start, END))
     results["bare NETTING"] = progress("bare NETTING", run_bare(catalog, work, start, END, "NETTING"))
     if python is not None:

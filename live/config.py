@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from catalog.instruments import check_symbol
 from quantum_trader.components import ComponentConfig, ProfileFields
 from quantum_trader.config import StrictModel, load_config, parse_config
+from strategies.order_budget import OrderRate
 
 # The kline intervals Binance USDT-M streams that the bar types here can name (minutes, hours, days).
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
@@ -169,7 +170,9 @@ class LiveConfig(ProfileFields):
     )
     models: str | None = Field(None, description="model registry folder, given to components as `registry`")
     endpoints: EndpointsConfig | None = None
-    max_order_rate: str = Field("200/00:00:10", description="orders per interval, enforced by the RiskEngine")
+    max_order_rate: OrderRate = Field(
+        "200/00:00:10", description="orders per interval, enforced by the RiskEngine"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_directory: str | None = Field(None, description="also write the node's log to a file there")
 
@@ -189,14 +192,6 @@ class LiveConfig(ProfileFields):
         dupes = sorted({s for s in v if v.count(s) > 1})
         if dupes:
             raise ValueError(f"duplicated symbols {dupes}")
-        return v
-
-    @field_validator("max_order_rate")
-    @classmethod
-    def _rate_format(cls, v: str):
-        from strategies.order_budget import parse_rate
-
-        parse_rate(v)
         return v
 
     @model_validator(mode="after")

@@ -1,10 +1,12 @@
 """EnsembleStrategy: online features -> one batched ensemble vote per timestamp -> Signal events -> trades.
 
 Batching: bars of many symbols close at the same time. Each bar is buffered; the first bar of a timestamp
-sets a time alert `batch_delay_ms` after the close, and when it fires every symbol whose bar closed then is
-advanced in the online feature evaluator and scored in ONE call per model. In a backtest the alert fires
-after all bars of that timestamp were processed (the engine runs timers due before the next data point);
-live it gives the websocket a moment to deliver every symbol's kline. Same code in both.
+sets a time alert `batch_delay_ms` after its arrival (in a backtest, the close), and when it fires every
+symbol whose bar closed then is advanced in the online feature evaluator and scored in ONE call per model. In
+a backtest the alert fires after all bars of that timestamp were processed (the engine runs timers due before
+the next data point); live it gives the websocket a moment to deliver every symbol's kline. A bar of the next
+close arriving before the alert scores the held batch at once, so no bar is ever replaced unscored. Same code
+in both.
 
 Every scored bar becomes a `Signal` (see quantum_trader/events.py) published on the bus, traded or not.
 Entry: confidence >= the threshold (the risk profile's `entry_confidence`, else `entry_threshold`),
@@ -12,7 +14,14 @@ direction not FLAT, symbol flat and out of cooldown, the risk gates pass it (wit
 margin is free. Exits: the Exit Brain with `exit_profile` (DEFAULT unless configured), resting at the venue.
 Fills follow the backtest's fill timing (README: an order sent at the batch time fills at the close just
 scored, plus slippage, with the default `bar_close`).
+
+Latency: each batch's own time (features, models, vote, gates and the orders it submits) and how late its
+time alert fired are kept in `batch_latency`, logged at stop; benchmarks/bench_live_latency.py reads them from
+a live node on the fake exchange.
 """
+
+import time
+from collections import deque
 
 import msgspec
 import numpy as np
@@ -50,6 +59,41 @@ class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
     trade_start: str | int | None = None  # ISO time or ns: no entries on signals before it (warm-up bars)
 
 
+class BatchLatency:
+    """Per live batch: nanoseconds from the alert's due time to its firing, from firing to done, and the
+    entries it sent (an entry's gates, sizing and order submission are most of a trading batch's time)."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.late_ns: deque[int] = deque(maxlen=keep)
+        self.work_ns: deque[int] = deque(maxlen=keep)
+        self.entries: deque[int] = deque(maxlen=keep)
+        self.score_ns: deque[int] = deque(maxlen=keep)
+
+    def add(self, late_ns: int, work_ns: int, entries: int, score_ns: int) -> None:
+        self.late_ns.append(late_ns)
+        self.work_ns.append(work_ns)
+        self.entries.append(entries)
+        self.score_ns.append(score_ns)
+
+    def summary(self) -> str:
+        work, late = np.array(self.work_ns) / 1e6, np.array(self.late_ns) / 1e6
+        entries = np.array(self.entries)
+        parts = [f"Batch latency over {len(work):,} batches: {_percentiles(work)}"]
+        parts.append(f"scoring (features, models, vote): {_percentiles(np.array(self.score_ns) / 1e6)}")
+        for name, rows in (("no entry", entries == 0), ("with entries", entries > 0)):
+            if rows.any():
+                parts.append(
+                    f"{name} ({rows.sum():,}, {entries[rows].sum():,} entries): {_percentiles(work[rows])}"
+                )
+        parts.append(f"with the timer's lateness: {_percentiles(work + late)}")
+        return "; ".join(parts)
+
+
+def _percentiles(ms: np.ndarray) -> str:
+    p50, p99 = np.percentile(ms, [50, 99])
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {ms.max():.2f} ms"
+
+
 class EnsembleStrategy(QTStrategy):
     def __init__(self, config: EnsembleStrategyConfig):
         _check_config(config)
@@ -62,10 +106,13 @@ class EnsembleStrategy(QTStrategy):
         )
         self.signals_published = 0
         self.entries = 0
+        self.batch_latency = BatchLatency()
         self._trade_start_ns = pd.Timestamp(config.trade_start).value if config.trade_start is not None else 0
         self._table: SignalTable | None = None
         self._slot: dict[InstrumentId, int] = {}
         self._pending: dict[int, Bar] = {}
+        self._batch_alert = ""
+        self._scored_at = 0
         self._last_trade_ns: dict[InstrumentId, int] = {}
         self._threshold = (
             self.risk.profile.entry_confidence if self.risk is not None else config.entry_threshold
@@ -101,12 +148,20 @@ class EnsembleStrategy(QTStrategy):
 
     # ---- scoring -----------------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
+        slot = self._slot[bar.bar_type.instrument_id]
+        held = self._pending.get(slot)
+        if held is not None and held.ts_event != bar.ts_event:
+            # The next close arrived before this batch's alert (a replay faster than real time): score the
+            # held batch now rather than let the newer bar replace a bar that was never scored.
+            self.clock.cancel_timer(self._batch_alert)
+            self._run_batch()
         if not self._pending:
-            delay = self.config.batch_delay_ms * 1_000_000
-            self.clock.set_time_alert_ns(
-                f"ensemble-batch-{bar.ts_event}", bar.ts_event + delay, self._on_batch
-            )
-        self._pending[self._slot[bar.bar_type.instrument_id]] = bar
+            # Due a delay after the first bar's arrival, not after its stamped close: a live kline stamped in
+            # the future (the fake's fast replay) or the past (a late feed) must still wait for the others.
+            self._batch_alert = f"ensemble-batch-{bar.ts_event}"
+            due = self.clock.timestamp_ns() + self.config.batch_delay_ms * 1_000_000
+            self.clock.set_time_alert_ns(self._batch_alert, due, self._on_batch)
+        self._pending[slot] = bar
 
     def on_warmup(self, bars: list[Bar]) -> None:
         """Live warm-up: the history goes through the same batches as live closes, one close at a time, so the
@@ -124,7 +179,21 @@ class EnsembleStrategy(QTStrategy):
         """With `signal_source: catalog`: trade these stored decisions (ml/research.py) instead of scoring."""
         self._table = table
 
-    def _on_batch(self, _event=None) -> None:
+    def _on_batch(self, event=None) -> None:
+        if event is None:  # warm-up: history, not a live close
+            self._run_batch()
+            return
+        started, entries = time.perf_counter_ns(), self.entries
+        late = self.clock.timestamp_ns() - event.ts_event
+        self._run_batch()
+        done = time.perf_counter_ns()
+        self.batch_latency.add(late, done - started, self.entries - entries, self._scored_at - started)
+
+    def on_stop(self) -> None:
+        if self.batch_latency.work_ns:
+            self.log.info(self.batch_latency.summary())
+
+    def _run_batch(self) -> None:
         slots = np.fromiter(sorted(self._pending), dtype=np.int64)
         bars = [self._pending[s] for s in slots]
         self._pending = {}
@@ -132,6 +201,7 @@ class EnsembleStrategy(QTStrategy):
         rows = self._features.update(slots, *ohlcv)
         closes, atr_ratios = ohlcv[3], rows[:, self._atr_column]
         scored = self._replay(slots, bars) if self.ensemble is None else self._score(slots, bars, rows)
+        self._scored_at = time.perf_counter_ns()
         for batch, positions in scored:
             self._act_on_batch(batch, closes[positions], atr_ratios[positions])
 

@@ -17,8 +17,10 @@ limit by lowering it.
 
 from collections import deque
 from datetime import timedelta
+from typing import Annotated
 
 from nautilus_trader.config import RiskEngineConfig
+from pydantic import AfterValidator
 
 # A close, and one replaced order (the stop resized after a take-profit, or the liquidation guard re-placed).
 RESERVE_PER_POSITION = 2
@@ -37,6 +39,15 @@ def parse_rate(rate: str) -> tuple[int, int]:
     if count < 1 or nanos <= 0:
         raise ValueError(problem)
     return count, nanos
+
+
+def _valid_rate(rate: str) -> str:
+    parse_rate(rate)
+    return rate
+
+
+# The config field type of a `max_order_rate` (backtest venue and live node alike).
+OrderRate = Annotated[str, AfterValidator(_valid_rate)]
 
 
 class OrderRateBudget:
