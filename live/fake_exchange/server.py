@@ -154,6 +154,17 @@ class FakeBinance:
         """Close every websocket; clients may reconnect (listen keys stay valid)."""
         return await self.market.drop_all() + await self.user.drop_all()
 
+    async def step_while_down(self, bars: int = 1) -> int:
+        """Drop every websocket and close the next `bars` bars before a user stream can connect again (one that
+        tries waits for the step to end): every user event of those bars is lost. Returns the sockets dropped."""
+        self.user.accepting.clear()
+        try:
+            dropped = await self.drop_websockets()
+            await self.step(bars)
+        finally:
+            self.user.accepting.set()
+        return dropped
+
     async def expire_listen_key(self, key: str | None = None) -> list[str]:
         return await self.user.expire(key)
 
