@@ -270,6 +270,15 @@ def calls(fake, path: str, method: str = "POST", **params) -> list[int]:
     ]
 
 
+def assert_calls(fake, expected: list[int], path: str, method: str = "POST", **params) -> None:
+    """`calls(...) == expected`, given up to 3 s: the fake logs a request once it has answered it, and a request
+    that publishes user events (an order that fills) answers after them, so the node may act on its events first."""
+    deadline = time.monotonic() + 3
+    while (got := calls(fake, path, method, **params)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert got == expected, (method, path, params, got)
+
+
 # ---- session 1: order-path faults ------------------------------------------------------------------------
 def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answers(tmp_path):
     closes = [100.0] * 10
@@ -291,8 +300,8 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
             state = check(node, "429/503")
             entry = next(o for o in node.report()["orders"] if "ENTRY" in o["tags"])
             stop = next(o for o in node.report()["orders"] if o["type"] == "STOP_MARKET")
-            assert calls(fake, "/fapi/v1/order", newClientOrderId=entry["client_order_id"]) == [429, 200]
-            assert calls(fake, "/fapi/v1/algoOrder", clientAlgoId=stop["client_order_id"]) == [503, 200]
+            assert_calls(fake, [429, 200], "/fapi/v1/order", newClientOrderId=entry["client_order_id"])
+            assert_calls(fake, [503, 200], "/fapi/v1/algoOrder", clientAlgoId=stop["client_order_id"])
             assert node.lines("Retrying 1/3 for 'submit_order'", "-1003")  # 429 -> TOO_MANY_REQUESTS
             assert node.lines("Retrying 1/3 for 'submit_order'", "-1001")  # 5xx -> DISCONNECTED
             assert state["positions"]["BTCUSDT"]["positionAmt"] == "2"
@@ -302,10 +311,11 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
             node.step(bars_seen=2)  # exit at market: the Exit Brain cancels the stop and the take-profit
             state = settle(node, lambda s, r: not s["positions"] and not s["open_algo_orders"], "-2011: flat")
             state = check(node, "-2011")
-            assert (
-                calls(fake, "/fapi/v1/algoOrder", "DELETE", clientAlgoId=stop["client_order_id"])[-1] == 200
+            # the adapter's 1 + 3 tries, then the guard's one more: cancelled once
+            assert_calls(
+                fake, [400] * 4 + [200], "/fapi/v1/algoOrder", "DELETE", clientAlgoId=stop["client_order_id"]
             )
-            assert calls(fake, "/fapi/v1/algoOrder", "DELETE").count(400) == 4
+            assert node.report()["cancel_retries"] == 1
             assert node.lines("Failed on cancel_order", "-2011")
             assert node.lines("Cancel of", stop["client_order_id"], "cancelling again")
 
@@ -315,6 +325,8 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
             settle(node, lambda s, r: any(o["status"] == "REJECTED" for o in r["orders"]), "-2019: rejected")
             state = check(node, "-2019")
             assert not state["positions"]
+            rejected = next(o for o in node.report()["orders"] if o["status"] == "REJECTED")
+            assert_calls(fake, [400], "/fapi/v1/order", newClientOrderId=rejected["client_order_id"])  # once
             assert node.lines("Failed on submit_order", "-2019")
 
             # -4120 on the stop (what Binance answers when a stop is sent to the wrong endpoint), then 5xx on the
@@ -330,6 +342,9 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
                 "-4120: the close",
             )
             state = check(node, "-4120")
+            refused = [o for o in node.report()["orders"] if o["type"] == "STOP_MARKET"][-1]
+            assert refused["status"] == "REJECTED"
+            assert_calls(fake, [400], "/fapi/v1/algoOrder", clientAlgoId=refused["client_order_id"])  # once
             assert node.lines("Failed on submit_order", "-4120")
             assert node.lines("rejected by the venue", "closes the position at market")
             assert node.lines("Exit order", "sending the close again in 0.5 s (retry 1/5)")
@@ -346,9 +361,13 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
                 node, lambda s, r: s["positions"] and s["open_algo_orders"] and s["open_orders"], "slow"
             )
             state = check(node, "slow")
-            slow = node.report()["slow_orders"]
-            assert len(slow) >= 2 and all(seconds >= 1.4 for _, seconds in slow), slow
-            assert node.lines("Slow venue:", "STOP_MARKET")
+            slow = dict(node.report()["slow_orders"])
+            # the entry, its stop and its take-profit: each answered 1.5 s late, each logged
+            delayed = {o["type"]: o["client_order_id"] for o in node.report()["orders"][-3:]}
+            assert sorted(delayed) == ["LIMIT", "MARKET", "STOP_MARKET"], delayed
+            assert all(slow.get(cid, 0) >= 1.4 for cid in delayed.values()), (delayed, slow)
+            for kind, cid in delayed.items():
+                assert node.lines("Slow venue:", kind, cid)
 
             node.step(bars_seen=7)  # exit
             state = settle(node, lambda s, r: not s["positions"] and not s["open_algo_orders"], "slow: exit")
@@ -361,9 +380,12 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
             state = settle(node, lambda s, r: s["positions"] and s["open_algo_orders"], "-1007: the position")
             state = check(node, "-1007")
             entry = [o for o in node.report()["orders"] if "ENTRY" in o["tags"]][-1]
-            assert calls(fake, "/fapi/v1/order", newClientOrderId=entry["client_order_id"]) == [503]
-            assert entry["status"] == "FILLED" and state["positions"]["BTCUSDT"]["positionAmt"] == "2"
-            assert node.lines("-1007", "status unknown")
+            # The warning comes once the client has given up on the request: every try is in the fake's log by then.
+            assert node.wait(lambda: node.lines("-1007", "status unknown"), 3, "the -1007 warning")
+            assert calls(fake, "/fapi/v1/order", newClientOrderId=entry["client_order_id"]) == [
+                503
+            ]  # not re-sent
+            assert entry["status"] == "FILLED" and fake.state()["positions"]["BTCUSDT"]["positionAmt"] == "2"
 
             node.step(bars_seen=9)  # exit
             state = settle(
