@@ -382,9 +382,8 @@ def test_order_faults_429_5xx_unknown_cancel_margin_algo_required_and_slow_answe
             entry = [o for o in node.report()["orders"] if "ENTRY" in o["tags"]][-1]
             # The warning comes once the client has given up on the request: every try is in the fake's log by then.
             assert node.wait(lambda: node.lines("-1007", "status unknown"), 3, "the -1007 warning")
-            assert calls(fake, "/fapi/v1/order", newClientOrderId=entry["client_order_id"]) == [
-                503
-            ]  # not re-sent
+            tries = calls(fake, "/fapi/v1/order", newClientOrderId=entry["client_order_id"])
+            assert tries == [503], tries  # not re-sent
             assert entry["status"] == "FILLED" and fake.state()["positions"]["BTCUSDT"]["positionAmt"] == "2"
 
             node.step(bars_seen=9)  # exit
