@@ -355,8 +355,13 @@ class EmergencyStop(Actor):
                 self.clock.cancel_timer(name)
         self.clock.set_time_alert_ns(FEED_ALERT, newest_ns + self.stale_after_ns + 1, self._on_feed_alert)
 
-    def _on_feed_alert(self, _event=None) -> None:
+    def _on_feed_alert(self, event=None) -> None:
+        """The live clock may run a time alert up to about a millisecond before its time (measured with 1.231's
+        LiveClock): judged by the clock alone, the feed is then not yet stale, and with no bar to re-arm the
+        alert the stall would wait for the next periodic check. The alert's own time is just past the limit."""
         now = self.clock.timestamp_ns()
+        if event is not None:
+            now = max(now, event.ts_event)
         self._check_feed(now)
         newest = max(self._last_bar_ns, self._feed_since_ns)
         if not self._state.tripped and self.bar_types and now - newest <= self.stale_after_ns:

@@ -77,6 +77,31 @@ class ReconciliationConfig(StrictModel):
     position_check_interval_secs: float | None = Field(60.0, gt=0, description="poll positions; None: never")
 
 
+class RetriesConfig(StrictModel):
+    """The Binance exec client's own retries of submit / cancel / modify requests (Nautilus' RetryManager).
+
+    It retries only errors whose Binance code is in `BINANCE_RETRY_ERRORS` (-1001 disconnected, which is how
+    Binance answers a 5xx, -1003 too many requests (HTTP 429), -1007 timeout, -1008 server busy, -1021
+    timestamp, -2011 cancel rejected, -5028 recvWindow), with exponential backoff and jitter between
+    `delay_initial_ms` and `delay_max_ms`. It does not read a 429's Retry-After header. Nautilus' default is
+    no retry at all. `max_retries: 0` turns it off. Keep the sum of the delays (at most about 7 s with the
+    defaults) well under the in-flight check (an order SUBMITTED for 5 s is queried, and rejected as unknown
+    after 5 more queries 2 s apart), or a retry can place an order the node has already given up on. A submit
+    answered -1007 is never retried (live/binance_fixes.py)."""
+
+    max_retries: int = Field(3, ge=0, le=10)
+    delay_initial_ms: int = Field(1000, ge=1, description="first backoff; short delays risk a ban on 429s")
+    delay_max_ms: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.delay_max_ms < self.delay_initial_ms:
+            raise ValueError(
+                f"delay_max_ms {self.delay_max_ms} is below delay_initial_ms {self.delay_initial_ms}"
+            )
+        return self
+
+
 class TimeoutsConfig(StrictModel):
     """Seconds. `flatten` bounds the market exit of `flatten_on_stop`."""
 
@@ -134,6 +159,7 @@ class LiveConfig(ProfileFields):
     paper_account: PaperConfig = PaperConfig()
     reconciliation: ReconciliationConfig = ReconciliationConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    retries: RetriesConfig = RetriesConfig()
     flatten_on_stop: bool = Field(False, description="cancel orders and close positions before stopping")
     warmup_bars: int = Field(
         0,

@@ -19,6 +19,8 @@ Order of work in `build_live_node` (each step is a fact of Nautilus 1.231, see /
 5. `TradingNode` with the Binance data client (no keys) and the Binance exec client, or the paper client
    (live/paper.py); `BinanceInstrumentProviderConfig(load_ids=...)` on both (each client has its own provider;
    without load_ids nothing loads); the risk engine is bound to every component with `bind_risk_engine`.
+   The exec client is Nautilus' own with one reconciliation bug worked around (live/binance_fixes.py: fills
+   counted twice flattened a running node's position after every user-stream reconnect).
 
 `run_live` starts the node and checks it: the kernel returns from `start_async` WITHOUT starting the trader
 when a client fails to connect or reconciliation fails (the process would keep running and exit 0 with no
@@ -46,7 +48,6 @@ from nautilus_trader.adapters.binance import (
     BinanceExecClientConfig,
     BinanceInstrumentProviderConfig,
     BinanceLiveDataClientFactory,
-    BinanceLiveExecClientFactory,
 )
 from nautilus_trader.adapters.binance.common.credentials import is_ed25519_private_key
 from nautilus_trader.adapters.binance.common.enums import BinanceEnvironment
@@ -69,6 +70,7 @@ from nautilus_trader.model.identifiers import ClientId, InstrumentId
 
 from catalog.instruments import instrument_id
 from catalog.store import bar_type_for
+from live.binance_fixes import QTBinanceLiveExecClientFactory
 from live.bus_watch import BusWatch, BusWatchConfig
 from live.config import LiveConfig
 from live.paper import PaperExecClientFactory
@@ -189,6 +191,10 @@ def node_config(cfg: LiveConfig) -> TradingNodeConfig:
                 BinanceSymbol(s): cfg.leverage.per_symbol.get(s, cfg.leverage.default) for s in cfg.symbols
             },
             use_reduce_only=True,  # one-way mode: the client refuses to connect to a hedge-mode account
+            # Nautilus retries nothing by default (max_retries=None); see RetriesConfig for what it retries
+            max_retries=cfg.retries.max_retries or None,
+            retry_delay_initial_ms=cfg.retries.delay_initial_ms,
+            retry_delay_max_ms=cfg.retries.delay_max_ms,
             instrument_provider=BinanceInstrumentProviderConfig(load_ids=ids),
         )
     rc, t = cfg.reconciliation, cfg.timeouts
@@ -393,7 +399,7 @@ def build_live_node(cfg: LiveConfig, mainnet: bool = False, loop=None, environ=o
         node.trader.add_strategy(strategy)
     node.add_data_client_factory(BINANCE, BinanceLiveDataClientFactory)
     node.add_exec_client_factory(
-        BINANCE, PaperExecClientFactory if cfg.paper else BinanceLiveExecClientFactory
+        BINANCE, PaperExecClientFactory if cfg.paper else QTBinanceLiveExecClientFactory
     )
     node.build()
     bind_risk_engine([*actors, *strategies], node.kernel.risk_engine)

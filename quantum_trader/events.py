@@ -174,7 +174,14 @@ class ExitEvent(Data):
     order_id: str = ""
 
 
-RISK_SOURCES = ("risk_guard", "safety_governor", "emergency_stop", "model_supervisor")
+RISK_SOURCES = (
+    "risk_guard",
+    "safety_governor",
+    "emergency_stop",
+    "model_supervisor",
+    "feed_guard",  # feed gaps (strategies/base.py)
+    "execution_guard",  # exits that could not be sent (strategies/execution_guard.py)
+)
 RISK_ACTIONS = ("veto", "block", "trip", "reset", "halt", "close_losing", "reduce_exposure", "alert")
 
 

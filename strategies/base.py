@@ -23,6 +23,14 @@ to us for MARGIN accounts:
   `on_warmup(bars)` in close-time order, with entries refused, and the live bars that arrived meanwhile are
   then played in order (those the history already held are dropped). A backtest needs none of this: its
   warm-up bars are simply the first bars of the run (and `trade_start` keeps entries out of them).
+- Feed gaps: a bar more than one interval after the instrument's previous bar means bars were missed (Binance's
+  websocket does not replay klines missed while it was disconnected). The gap is logged as a WARNING and
+  published as RiskEvent(source feed_guard, code feed_gap); then, with `feed_gap_backfill`, the missing bars
+  are requested and the same hold-and-replay path as the warm-up puts them through `on_warmup` before the
+  held bar, so features never see a hole. When the backfill does not bring every missing bar within
+  `feed_gap_timeout_seconds`, entries on that instrument are refused for `feed_gap_block_bars` bars.
+- Venue faults left over after the exchange client's own retries (strategies/execution_guard.py): a rejected
+  exit is sent again, a rejected cancel of a still-open order is retried, slow answers are logged.
 
 Two optional parts, each switched on by naming a profile in the config:
 - `exit_profile` (configs/exits/): the Exit Brain (strategies/exit_brain.py) protects every position with
@@ -46,6 +54,7 @@ from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
 from nautilus_trader.model.events import (
     OrderAccepted,
     OrderCanceled,
+    OrderCancelRejected,
     OrderDenied,
     OrderFilled,
     OrderRejected,
@@ -60,7 +69,8 @@ from nautilus_trader.trading.strategy import Strategy
 
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
-from quantum_trader.events import INTENT_TOPIC, WARMUP_TOPIC, OperatorCommand
+from quantum_trader.events import INTENT_TOPIC, WARMUP_TOPIC, OperatorCommand, RiskEvent
+from strategies.execution_guard import ExecutionGuard
 from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
 from strategies.order_budget import RESERVE_PER_POSITION, OrderRateBudget
@@ -81,6 +91,14 @@ class QTStrategyConfig(StrategyConfig, frozen=True):
     execution_delay_bars: int = 0  # 1 = act on the instrument's next bar (the runner sets it: next_bar_close)
     warmup_bars: int = 0  # bars of history requested per bar type at start (the live node sets it)
     warmup_timeout_seconds: float = 60.0  # start trading with what arrived when history takes longer
+    feed_gap_backfill: bool = True  # request the bars a feed gap missed and play them before the held bar
+    feed_gap_timeout_seconds: float = 10.0  # trade on when the backfill takes longer (entries then blocked)
+    feed_gap_block_bars: int = 12  # entries refused for this many bars after a gap the backfill did not fill
+    exit_retries: int = 5  # a rejected exit (reduce-only market) is sent again this many times
+    exit_retry_seconds: float = 1.0
+    cancel_retries: int = 3  # a rejected cancel of an order still open here is sent again this many times
+    cancel_retry_seconds: float = 1.0
+    slow_venue_seconds: float = 1.0  # a WARNING when an order's first answer takes longer than this
     exit_profile: str | dict[str, Any] | None = None  # a name in configs/exits/, a path, or a mapping
     risk_profile: str | dict[str, Any] | None = None  # a name in configs/risk/, a path, or a mapping
 
@@ -120,6 +138,14 @@ class QTStrategy(Strategy):
         self._warmup_history: list[Bar] = []
         self._warmup_live: list[Bar] = []  # live bars that arrived while the history was on its way
         self._warmup_last_seen: dict = {}  # instrument -> close of its last history bar, until a later bar
+        self.guard = ExecutionGuard(self, config)
+        # feed gaps: the newest close seen per bar type (live or history), the backfills on their way per bar
+        # type (previous close, held bar's close, bars missing), bars left with entries refused per instrument
+        self._last_bar_ns: dict[BarType, int] = {}
+        self._gaps: dict[BarType, tuple[int, int, int]] = {}
+        self._blocked: dict[InstrumentId, int] = {}
+        self._step_ns: dict[BarType, int] = {}
+        self.feed_gaps: list[tuple[str, int, int, int]] = []  # (bar type, previous close, bar close, missing)
 
     def bind_risk_engine(self, risk_engine) -> None:
         """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
@@ -178,25 +204,108 @@ class QTStrategy(Strategy):
             self.request_bars(
                 bar_type, start=now - span, callback=self._warmup_answered, request_id=request_id
             )
-        self.clock.set_time_alert(
-            "qt-warmup-timeout",
-            now + pd.Timedelta(seconds=self.config.warmup_timeout_seconds),
-            self._warmup_timed_out,
-        )
+        self._arm_history_timeout(self.config.warmup_timeout_seconds)
         self.log.info(f"Warm-up: requested {self.config.warmup_bars} bars of {len(self.bar_types)} bar types")
+
+    def _arm_history_timeout(self, seconds: float) -> None:
+        if "qt-warmup-timeout" in self.clock.timer_names:
+            self.clock.cancel_timer("qt-warmup-timeout")
+        self._history_timeout = seconds
+        self.clock.set_time_alert(
+            "qt-warmup-timeout", self.clock.utc_now() + pd.Timedelta(seconds=seconds), self._warmup_timed_out
+        )
 
     def on_historical_data(self, data: Data) -> None:
         if self.warming_up and isinstance(data, Bar):
             self._warmup_history.append(data)
+            self._last_bar_ns[data.bar_type] = max(self._last_bar_ns.get(data.bar_type, 0), data.ts_event)
 
     def handle_bar(self, bar: Bar, historical: bool = False) -> None:
-        if self._warmup_last_seen and not historical:
-            if self.warming_up:
-                self._warmup_live.append(bar)  # played once the history is in, so features stay in order
-                return
-            if self._already_seen(bar):
-                return
+        if not historical:
+            if self._warmup_last_seen:
+                if self.warming_up:
+                    self._warmup_live.append(bar)  # played once the history is in, so features stay in order
+                    return
+                if self._already_seen(bar):
+                    return
+            if self._feed_gap(bar):
+                return  # held: played after the missing bars
         super().handle_bar(bar, historical)
+
+    # ---- feed gaps -----------------------------------------------------------------------------------
+    def _feed_gap(self, bar: Bar) -> bool:
+        """Detect missing bars before `bar`; True when `bar` is held while they are requested."""
+        iid = bar.bar_type.instrument_id
+        last = self._last_bar_ns.get(bar.bar_type)
+        if last is not None and bar.ts_event <= last:
+            return False
+        self._last_bar_ns[bar.bar_type] = bar.ts_event
+        if last is None:
+            return False
+        step = self._step_ns.get(bar.bar_type)
+        if step is None:
+            step = self._step_ns[bar.bar_type] = int(bar.bar_type.spec.timedelta.total_seconds() * 1e9)
+        missing = (bar.ts_event - last + step // 2) // step - 1  # live stamps are float-rounded: nearest step
+        if missing < 1:
+            if self._blocked.get(iid):
+                self._blocked[iid] -= 1
+            return False
+        since, until = pd.Timestamp(last, tz="UTC"), pd.Timestamp(bar.ts_event, tz="UTC")
+        backfill = self.config.feed_gap_backfill
+        reason = (
+            f"{missing} missing {bar.bar_type.spec} bar(s) of {iid} between the closes {since} and {until}"
+        )
+        self.log.warning(f"Feed gap: {reason}" + ("; requesting them" if backfill else ""))
+        self.feed_gaps.append((str(bar.bar_type), last, bar.ts_event, int(missing)))
+        self._publish_feed_event("feed_gap", reason, iid, float(missing))
+        if not backfill:
+            self._block_entries(iid, f"{missing} bar(s) missing")
+            return False
+        self._gaps[bar.bar_type] = (last, bar.ts_event, int(missing))
+        self.warming_up = True  # the warm-up path holds live bars and refuses entries until the bars are in
+        self._warmup_last_seen = self._warmup_last_seen or {None: 0}
+        self._warmup_live.append(bar)
+        request_id = UUID4()
+        self._warmup_waiting.add(request_id)
+        self._arm_history_timeout(self.config.feed_gap_timeout_seconds)
+        self.request_bars(
+            bar.bar_type,
+            start=pd.Timestamp(last + 1, tz="UTC"),
+            # the close of the last missing bar plus half a millisecond: Binance's endTime bounds open times,
+            # and the held bar opens 1 ms after that close
+            end=pd.Timestamp(bar.ts_event - step + 500_000, tz="UTC"),
+            callback=self._warmup_answered,
+            request_id=request_id,
+        )
+        return True
+
+    def _close_gaps(self, history: list[Bar]) -> None:
+        """After a backfill: each gap is either filled (INFO) or its instrument's entries are blocked."""
+        gaps, self._gaps = self._gaps, {}
+        for bar_type, (after, before, missing) in gaps.items():
+            iid = bar_type.instrument_id
+            got = sum(1 for b in history if b.bar_type == bar_type and after < b.ts_event < before)
+            if got >= missing:
+                self.log.info(f"Feed gap of {iid} backfilled: {got} bar(s) played before the held bar")
+            else:
+                self._block_entries(iid, f"the backfill brought {got} of {missing} missing bar(s)")
+
+    def _block_entries(self, iid: InstrumentId, why: str) -> None:
+        bars = self.config.feed_gap_block_bars
+        if bars <= 0:
+            return
+        self._blocked[iid] = bars
+        reason = f"entries on {iid} refused for the next {bars} bars: {why} (a hole in its feature window)"
+        self.log.warning(f"Feed gap: {reason}")
+        self._publish_feed_event("feed_gap_block", reason, iid, float(bars))
+
+    def _publish_feed_event(self, code: str, reason: str, iid: InstrumentId, value: float) -> None:
+        now = self.clock.timestamp_ns()
+        event = RiskEvent(
+            source="feed_guard", action="alert", code=code, reason=reason, symbol=str(iid), value=value,
+            ts_event=now, ts_init=now,
+        )  # fmt: skip
+        self.publish_data(DataType(RiskEvent), event)
 
     def _already_seen(self, bar: Bar) -> bool:
         """The history already held this bar. Live stamps are float-rounded (close time + a few ns), so
@@ -217,10 +326,12 @@ class QTStrategy(Strategy):
 
     def _warmup_timed_out(self, _event=None) -> None:
         if self.warming_up:
+            what = "Feed gap backfill" if self._gaps else "Warm-up"
             self.log.warning(
-                f"Warm-up: {len(self._warmup_waiting)} history request(s) unanswered after "
-                f"{self.config.warmup_timeout_seconds:.0f} s; starting with {len(self._warmup_history)} bars"
+                f"{what}: {len(self._warmup_waiting)} history request(s) unanswered after "
+                f"{self._history_timeout:g} s; going on with {len(self._warmup_history)} bars"
             )
+            self._warmup_waiting = set()
             self._finish_warmup()
 
     def _finish_warmup(self) -> None:
@@ -231,6 +342,7 @@ class QTStrategy(Strategy):
         self.msgbus.publish(
             WARMUP_TOPIC, history
         )  # the history reaches no bar subscription; recorders see it here
+        backfill = bool(self._gaps)
         try:
             self.on_warmup(history)
         finally:
@@ -238,8 +350,11 @@ class QTStrategy(Strategy):
             self._warmup_history = []
             if "qt-warmup-timeout" in self.clock.timer_names:
                 self.clock.cancel_timer("qt-warmup-timeout")
+            if backfill:
+                self._close_gaps(history)
         self.log.info(
-            f"Warm-up done: {len(history)} bars of history, {len(self._warmup_live)} live bars held"
+            f"{'Backfill' if backfill else 'Warm-up'} done: {len(history)} bars of history, "
+            f"{len(self._warmup_live)} live bars held"
         )
         live, self._warmup_live = self._warmup_live, []
         for bar in sorted(live, key=lambda b: (b.ts_event, self._bar_order(b))):
@@ -319,6 +434,8 @@ class QTStrategy(Strategy):
         """
         if self.warming_up:
             return False  # history is being replayed: its prices are gone
+        if self._blocked.get(instrument_id):
+            return False  # a feed gap left a hole in this instrument's feature window
         pending = self._entry_orders.get(instrument_id)
         if pending is not None and not pending.is_closed:
             return False  # the last entry has not filled yet: a second one would double the position
@@ -388,6 +505,7 @@ class QTStrategy(Strategy):
 
     def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
         self.order_budget.record(self.clock.timestamp_ns())
+        self.guard.sent(order)
         # What was decided, for a session recorder (live/record.py); nobody listens in a plain backtest.
         self.msgbus.publish(INTENT_TOPIC, (self.id, order))
         started = time.perf_counter_ns()
@@ -451,13 +569,15 @@ class QTStrategy(Strategy):
 
     # ---- position events: Exit Brain first, then the liquidation guard ------------------------------
     def on_order_filled(self, event: OrderFilled) -> None:
+        self.guard.answered(self.cache.order(event.client_order_id), "filled")
         if self.exit_brain is not None:
             self.exit_brain.on_order_filled(event)
 
     def on_order_accepted(self, event: OrderAccepted) -> None:
+        order = self.cache.order(event.client_order_id)
+        self.guard.answered(order, "accepted")
         if self.exit_brain is None:
             return
-        order = self.cache.order(event.client_order_id)
         self.exit_brain.on_order_accepted(order)
         guard = self._liquidation_orders.get(event.instrument_id)
         if (
@@ -475,8 +595,20 @@ class QTStrategy(Strategy):
 
     def on_order_rejected(self, event: OrderRejected) -> None:
         self._entry_failed(event)
+        order = self.cache.order(event.client_order_id)
+        self.guard.answered(order, "rejected")
         if self.exit_brain is not None:
-            self.exit_brain.on_order_rejected(self.cache.order(event.client_order_id))
+            managed = self.exit_brain.positions.get(event.instrument_id)
+            if managed is not None and order is managed.stop_order and not managed.closing:
+                self.log.error(
+                    f"Stop {event.client_order_id} of {event.instrument_id} rejected by the venue ({event.reason}); "
+                    "the Exit Brain closes the position at market rather than leave it without a stop"
+                )
+            self.exit_brain.on_order_rejected(order)  # a rejected stop: the position is closed at market
+        self.guard.exit_rejected(order, event.reason)  # a rejected close: sent again
+
+    def on_order_cancel_rejected(self, event: OrderCancelRejected) -> None:
+        self.guard.cancel_rejected(self.cache.order(event.client_order_id), event.reason)
 
     def on_order_canceled(self, event: OrderCanceled) -> None:
         self._entry_failed(event)
@@ -497,6 +629,7 @@ class QTStrategy(Strategy):
         self._protect(position)
 
     def on_position_changed(self, event: PositionChanged) -> None:
+        self.guard.position_changed(event.instrument_id)
         position = self.cache.position(event.position_id)
         if self.exit_brain is not None and position is not None:
             self.exit_brain.on_position_changed(position)

@@ -136,3 +136,76 @@ class EnterWhenFlat(QTStrategy):
         side = OrderSide.BUY if self.config.side == "BUY" else OrderSide.SELL
         if self.enter(iid, side, price, atr=self.config.atr):
             self.entries += 1
+
+
+class FaultProbeConfig(QTStrategyConfig, frozen=True):
+    enter_on: tuple[int, ...] = ()  # live bar numbers (1 = the first bar on_bar sees) that enter long if flat
+    exit_on: tuple[int, ...] = ()  # live bar numbers that close the position at market if one is open
+    atr: float = 2.0  # in price: R for the Exit Brain
+    report_path: str = ""  # JSON written after every bar and order event (tests/test_live_faults.py reads it)
+
+
+class FaultProbe(QTStrategy):
+    """Enters and exits on given bar numbers through `enter` / `exit` (the Exit Brain's stops and closes), and
+    reports its orders, bars, backfilled bars, feed gaps and guard counters as JSON for the fault tests."""
+
+    def on_strategy_start(self) -> None:
+        self.seen: list[int] = []
+        self.backfilled: list[int] = []
+
+    def on_warmup(self, bars: list[Bar]) -> None:
+        super().on_warmup(bars)
+        self.backfilled += [b.ts_event for b in bars]
+
+    def on_bar(self, bar: Bar) -> None:
+        iid = bar.bar_type.instrument_id
+        self.seen.append(bar.ts_event)
+        n = len(self.seen)
+        flat = self.net_side(iid) == PositionSide.FLAT
+        if n in self.config.enter_on and flat:
+            self.enter(iid, OrderSide.BUY, bar.close.as_double(), atr=self.config.atr)
+        elif n in self.config.exit_on and not flat:
+            self.exit(iid)
+        self.report()
+
+    def on_order_event(self, event) -> None:
+        self.report()
+
+    def on_stop(self) -> None:
+        self.report()
+
+    def report(self) -> None:
+        if not self.config.report_path:
+            return
+        import json
+        from pathlib import Path
+
+        orders = [
+            {
+                "client_order_id": str(o.client_order_id),
+                "type": o.type_string(),
+                "status": o.status_string(),
+                "reduce_only": o.is_reduce_only,
+                "tags": list(o.tags or []),
+                "filled_qty": str(o.filled_qty),
+            }
+            for o in self.cache.orders(strategy_id=self.id)
+        ]
+        positions = [
+            {"id": str(p.id), "side": p.side.name, "quantity": str(p.quantity), "closed": p.is_closed}
+            for p in self.cache.positions(strategy_id=self.id)
+        ]
+        report = {
+            "bars": self.seen,
+            "backfilled": self.backfilled,
+            "feed_gaps": self.feed_gaps,
+            "orders": orders,
+            "positions": positions,
+            "slow_orders": self.guard.slow_orders,
+            "exit_retries": self.guard.exit_retries,
+            "cancel_retries": self.guard.cancel_retries,
+        }
+        path = Path(self.config.report_path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report))
+        tmp.replace(path)

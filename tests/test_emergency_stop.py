@@ -247,6 +247,28 @@ def test_a_gap_shorter_than_the_limit_does_not_trip(tmp_path):
     assert s.ess.trips == [] and s.seen_tripped() == {False}
 
 
+def test_a_feed_alert_the_live_clock_runs_a_little_early_still_trips():
+    """Nautilus' LiveClock runs time alerts up to about a millisecond early; the check judges by the alert's time
+    (before, such an early alert found the feed 0.7 ms short of stale and the stall went unnoticed)."""
+    from nautilus_trader.common.component import MessageBus, TestClock, TimeEvent
+    from nautilus_trader.core.uuid import UUID4
+    from nautilus_trader.model.identifiers import TraderId
+    from nautilus_trader.portfolio.portfolio import Portfolio
+
+    from actors.emergency_stop import FEED_ALERT
+
+    clock, cache = TestClock(), Cache()
+    msgbus = MessageBus(TraderId("TESTER-001"), clock)
+    ess = EmergencyStop(EmergencyStopConfig(bar_types=["BTCUSDT-PERP.BINANCE-5-MINUTE-LAST-EXTERNAL"]))
+    ess.register_base(Portfolio(msgbus, cache, clock), msgbus, cache, clock)
+    last_bar = 1_700_000_000 * 10**9
+    ess._last_bar_ns = last_bar
+    due = last_bar + ess.stale_after_ns + 1
+    clock.set_time(due - 700_000)
+    ess._on_feed_alert(TimeEvent(FEED_ALERT, UUID4(), due, due))
+    assert ess.trips == ["feed_stale"]
+
+
 # ---- 2. execution errors ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "plan, trips",

@@ -590,6 +590,20 @@ def test_injected_binance_codes_server_errors_and_delays(fake):
         faults.fail("/fapi/v1/order", code=-4116)  # real Binance code, unknown to the adapter
 
 
+def test_a_fault_can_match_parameters_and_can_lose_the_answer_of_a_request_it_carried_out(fake):
+    base, faults = fake.fake.http_url, fake.fake.faults
+    fake.step()  # a mark to fill at
+    faults.fail("POST /fapi/v1/order", status=503, params={"reduceOnly": "True"})  # a close, not an entry
+    faults.fail("POST /fapi/v1/order", status=503, code=-1007, after=True)
+    status, body, _ = call(base, "/fapi/v1/order", "POST", **MARKET_BUY, newClientOrderId="lost-1")
+    assert (status, body["code"]) == (503, -1007)
+    assert fake.state()["positions"]["BTCUSDT"]["positionAmt"] == "0.1"  # carried out all the same
+    assert call(base, "/fapi/v1/order", "POST", **MARKET_BUY)[0] == 200  # the rule is spent
+    close = {**MARKET_BUY, "side": "SELL", "reduceOnly": "True"}
+    assert call(base, "/fapi/v1/order", "POST", **close)[:2] == (503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."})  # fmt: skip
+    assert call(base, "/fapi/v1/order", "POST", **close)[0] == 200
+
+
 def test_the_request_log_redacts_signatures_and_keys(fake):
     base = fake.fake.http_url
     call(base, "/fapi/v2/account", timestamp=1, signature="deadbeef")

@@ -1,10 +1,13 @@
 """Fault injection and the request log.
 
 A rule matches an endpoint written as a path (`/fapi/v1/order`, any method) or `METHOD path`
-(`DELETE /fapi/v1/order`), and applies to the next `times` matching requests (None: until cleared):
+(`DELETE /fapi/v1/order`), optionally only requests whose query holds `params` (e.g. `{"reduceOnly": "True"}`
+to hit a close but not an entry), and applies to the next `times` matching requests (None: until cleared):
 - `fail`: answer with HTTP `status` and `{"code": code, "msg": msg}`. 429 gets -1003 and a `Retry-After` header,
   5xx gets -1001, anything else needs a code (it must exist in Nautilus' `BinanceErrorCode`: the adapter calls
   `BinanceErrorCode(int(code))` on some paths and raises on unknown codes).
+  With `after=True` the request is carried out first and the error answered instead of its result: a lost
+  response (Binance's -1007 "Send status unknown; execution status unknown").
 - `delay`: sleep `seconds` before answering normally.
 Feed faults (`stall`, `skip`) live on the server: they stop kline pushes while the clock and matching go on.
 """
@@ -26,10 +29,14 @@ class Rule:
     msg: str = ""
     retry_after: int = 1
     delay: float = 0.0
+    params: dict = field(default_factory=dict)
+    after: bool = False  # carry the request out, then answer the error (a lost response)
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, query: dict | None = None) -> bool:
         want_method, _, want_path = self.endpoint.rpartition(" ")
-        return want_path == path and want_method.upper() in ("", method.upper())
+        if want_path != path or want_method.upper() not in ("", method.upper()):
+            return False
+        return all(str((query or {}).get(k)) == str(v) for k, v in self.params.items())
 
     def take(self) -> bool:
         """Use one application of the rule; False when it is spent."""
@@ -54,6 +61,8 @@ class Faults:
         code: int | None = None,
         msg: str | None = None,
         retry_after: int = 1,
+        params: dict | None = None,
+        after: bool = False,
     ) -> Rule:
         """The next `times` requests to `endpoint` fail. Give `status` 429/5xx, or a Binance `code` (HTTP 400)."""
         status = status or (400 if code is not None else 429)
@@ -66,12 +75,14 @@ class Faults:
         text = msg or (
             default[1] if default and default[0] == code else _MESSAGES.get(code, "Injected fault.")
         )
-        rule = Rule(endpoint, times, status, code, text, retry_after)
+        rule = Rule(endpoint, times, status, code, text, retry_after, params=dict(params or {}), after=after)
         self.failures.append(rule)
         return rule
 
-    def delay(self, endpoint: str, seconds: float, times: int | None = None) -> Rule:
-        rule = Rule(endpoint, times, delay=seconds)
+    def delay(
+        self, endpoint: str, seconds: float, times: int | None = None, params: dict | None = None
+    ) -> Rule:
+        rule = Rule(endpoint, times, delay=seconds, params=dict(params or {}))
         self.delays.append(rule)
         return rule
 
@@ -79,17 +90,17 @@ class Faults:
         self.failures.clear()
         self.delays.clear()
 
-    def failure_for(self, method: str, path: str) -> Rule | None:
-        return _first(self.failures, method, path)
+    def failure_for(self, method: str, path: str, query: dict | None = None) -> Rule | None:
+        return _first(self.failures, method, path, query)
 
-    def delay_for(self, method: str, path: str) -> float:
-        rule = _first(self.delays, method, path)
+    def delay_for(self, method: str, path: str, query: dict | None = None) -> float:
+        rule = _first(self.delays, method, path, query)
         return rule.delay if rule else 0.0
 
 
-def _first(rules: list[Rule], method: str, path: str) -> Rule | None:
+def _first(rules: list[Rule], method: str, path: str, query: dict | None = None) -> Rule | None:
     for rule in list(rules):
-        if rule.matches(method, path):
+        if rule.matches(method, path, query):
             if rule.take():
                 if rule.times == 0:
                     rules.remove(rule)

@@ -8,6 +8,7 @@ clock. `GET /fapi/v1/time` answers the wall clock too (the adapter only logs it)
 """
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING
@@ -297,7 +298,7 @@ def control_routes(ex: "FakeBinance") -> list[web.RouteDef]:
         try:
             ex.faults.fail(
                 a["endpoint"], _times(a, 1), _int(a.get("status")), int(code) if code is not None else None,
-                a.get("msg"), int(a.get("retry_after", 1)),
+                a.get("msg"), int(a.get("retry_after", 1)), a.get("params"), bool(a.get("after", False)),
             )  # fmt: skip
         except (KeyError, ValueError) as err:
             return web.json_response({"error": str(err)}, status=400)
@@ -305,7 +306,7 @@ def control_routes(ex: "FakeBinance") -> list[web.RouteDef]:
 
     async def delay(request):
         a = await args(request)
-        ex.faults.delay(a["endpoint"], float(a["seconds"]), _times(a, None))
+        ex.faults.delay(a["endpoint"], float(a["seconds"]), _times(a, None), a.get("params"))
         return web.json_response({"ok": True})
 
     async def clear(request):
@@ -353,13 +354,18 @@ def _times(a: dict, default):
     return None if value in (None, "null", "none") else int(value)
 
 
-async def apply_faults(ex: "FakeBinance", request: web.Request) -> web.Response | None:
-    """The injected answer for this request, after any injected delay; None to answer normally."""
-    seconds = ex.faults.delay_for(request.method, request.path)
+async def apply_faults(ex: "FakeBinance", request: web.Request, handler=None) -> web.Response | None:
+    """The injected answer for this request, after any injected delay; None to answer normally. A rule with
+    `after` has `handler` carry the request out first (its answer is dropped)."""
+    query = dict(request.query)
+    seconds = ex.faults.delay_for(request.method, request.path, query)
     if seconds:
         await asyncio.sleep(seconds)
-    rule = ex.faults.failure_for(request.method, request.path)
+    rule = ex.faults.failure_for(request.method, request.path, query)
     if rule is None:
         return None
+    if rule.after and handler is not None:
+        with contextlib.suppress(VenueError, web.HTTPException):  # it failed anyway: the error is the answer
+            await handler(request)
     headers = {"Retry-After": str(rule.retry_after)} if rule.status == 429 else None
     return web.json_response({"code": rule.code, "msg": rule.msg}, status=rule.status, headers=headers)

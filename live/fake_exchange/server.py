@@ -158,6 +158,17 @@ class FakeBinance:
         """Close every websocket; clients may reconnect (listen keys stay valid)."""
         return await self.market.drop_all() + await self.user.drop_all()
 
+    async def step_while_down(self, bars: int = 1) -> int:
+        """Drop every websocket and close the next `bars` bars before a user stream can connect again (one that
+        tries waits for the step to end): every user event of those bars is lost. Returns the sockets dropped."""
+        self.user.accepting.clear()
+        try:
+            dropped = await self.drop_websockets()
+            await self.step(bars)
+        finally:
+            self.user.accepting.set()
+        return dropped
+
     async def expire_listen_key(self, key: str | None = None) -> list[str]:
         return await self.user.expire(key)
 
@@ -185,7 +196,7 @@ class FakeBinance:
 
     async def _answer(self, request: web.Request, handler, has_key: bool) -> web.StreamResponse:
         if request.path.startswith("/fapi/"):
-            injected = await apply_faults(self, request)
+            injected = await apply_faults(self, request, handler)
             if injected is not None:
                 return injected
             if request.path not in PUBLIC and not has_key:

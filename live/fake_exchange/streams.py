@@ -90,6 +90,9 @@ class UserStreams:
         self.clients: dict[web.WebSocketResponse, str] = {}
         self.events_sent = 0
         self.gap = gap
+        # cleared: a connecting user stream waits (FakeBinance.step_while_down)
+        self.accepting = asyncio.Event()
+        self.accepting.set()
 
     def new_key(self) -> str:
         key = secrets.token_hex(32)
@@ -100,6 +103,7 @@ class UserStreams:
         key = request.match_info.get("key") or request.query.get("listenKey", "")
         if key not in self.keys:
             return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
+        await self.accepting.wait()
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.clients[ws] = key
