@@ -432,7 +432,7 @@ def test_live_batch_alerts_survive_late_bars_and_a_cancelled_alert_that_still_fi
     batches = []
     strategy = SimpleNamespace(
         clock=_LiveLikeClock(), config=SimpleNamespace(batch_delay_ms=100), _slot={a: 0, b: 1}, _pending={},
-        _batches=0, _batch_alert="", entries=0, _scored_at=0, batch_latency=BatchLatency(),
+        _batches=0, _batch_alert="", entries=0, submit_ns=0, _scored_at=0, batch_latency=BatchLatency(),
     )  # fmt: skip
 
     def run_batch():
