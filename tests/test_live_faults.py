@@ -261,6 +261,14 @@ def check(node: Node, what: str) -> dict:
             time.sleep(0.1)
 
 
+def enter_on_bar_2(node: Node) -> None:
+    """Two bars: the strategy enters on the second, and the position rests with its stop at the fake."""
+    node.step(bars_seen=1)
+    node.step(bars_seen=2)
+    settle(node, lambda s, r: s["positions"] and s["open_algo_orders"], "the position")
+    check(node, "before the drop")
+
+
 def calls(fake, path: str, method: str = "POST", **params) -> list[int]:
     """Statuses of the requests to `path` whose parameters include `params`, in order."""
     return [
@@ -409,10 +417,7 @@ def test_websocket_drop_gap_is_backfilled_and_a_stalled_feed_trips_the_emergency
     ).start_in_thread() as fake:
         node = Node(tmp_path, fake, strategy, ess)
         try:
-            node.step(bars_seen=1)
-            node.step(bars_seen=2)  # enter
-            settle(node, lambda s, r: s["positions"] and s["open_algo_orders"], "the position")
-            check(node, "before the drop")
+            enter_on_bar_2(node)
 
             # Drop every websocket; the bar that closes while they are down never reaches the node.
             fake.fake.skip_klines(1)
@@ -540,10 +545,7 @@ def test_a_stop_that_fills_while_the_user_stream_is_down_is_reconciled(tmp_path)
     ).start_in_thread() as fake:
         node = Node(tmp_path, fake, strategy, ess)
         try:
-            node.step(bars_seen=1)
-            node.step(bars_seen=2)  # enter
-            settle(node, lambda s, r: s["positions"] and s["open_algo_orders"], "the position")
-            check(node, "before the drop")
+            enter_on_bar_2(node)
             # Bar 3 falls through the stop while nothing is connected: every event of it is lost. (Dropping and
             # stepping in one call: the adapter reconnects in about 0.2 s, sooner than a separate step may come.)
             assert fake.call(fake.fake.step_while_down()) == 2

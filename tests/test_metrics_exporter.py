@@ -316,61 +316,38 @@ def test_a_live_node_on_the_fake_exchange_serves_its_metrics_while_it_trades(tmp
     """`qt live configs/live/fake_exchange.yaml` (the example's exporter entry, on a free port) against
     `live/fake_exchange`: /metrics answers from another process while the node trades, with the fill, the open
     position, a real order round trip and the newest kline's close time."""
-    import os
-    import signal
-    import subprocess
-    import sys
     import time
     from pathlib import Path
 
     import yaml
 
-    from live.fake_exchange.server import FakeBinance
     from tests.conftest import free_port
+    from tests.fake_session import live_session
 
-    root = Path(__file__).resolve().parents[1]
     history = 10
     closes = np.concatenate([np.full(history, 100.0), np.linspace(100.0, 110.0, 10)])
     build_catalog(tmp_path / "catalog", {"BTCUSDT": candles(np.round(closes, 4))})
     start = pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(minutes=5 * history)
+    root = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((root / "configs" / "live" / "fake_exchange.yaml").read_text())
     (exporter,) = [a for a in config["actors"] if a["path"] == "actors.metrics_exporter:MetricsExporter"]
     port = exporter["config"]["port"] = free_port()
-    keys = {"BINANCE_FUTURES_TESTNET_API_KEY": "fake", "BINANCE_FUTURES_TESTNET_API_SECRET": "fake"}
-    with FakeBinance(tmp_path / "catalog", ["BTCUSDT"], start=start).start_in_thread() as fake:
-        config["endpoints"] = {"http": fake.fake.http_url, "ws": fake.fake.ws_url}
-        path = tmp_path / "fake_exchange.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = os.environ | keys | {"PYTHONPATH": str(root)}
-        node = subprocess.Popen(
-            [sys.executable, "-m", "quantum_trader.cli", "live", str(path), "--duration", "120"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while "btcusdt@kline_5m" not in fake.state()["subscriptions"]:
-                assert node.poll() is None and time.monotonic() < deadline, "the node never subscribed"
-                time.sleep(0.1)
-            before = scrape(port)
-            for _ in range(8):  # EmaCross(2, 4) is ready after 4 bars and goes long on the rise
-                fake.step()
-                time.sleep(0.3)
-            deadline = time.monotonic() + 10
-            while True:
-                metrics = scrape(port)
-                if value(metrics, "qt_orders_total", event="filled") >= 1 and value(
-                    metrics, "qt_positions_count"
-                ):
-                    break
-                assert time.monotonic() < deadline, "no fill in the metrics"
-                time.sleep(0.2)
-            node.send_signal(signal.SIGINT)
-            output, _ = node.communicate(timeout=30)
-        finally:
-            if node.poll() is None:
-                node.kill()
-                node.wait()
-    assert node.returncode == 0, output[-3000:]
+    with live_session(tmp_path, tmp_path / "catalog", ["BTCUSDT"], start, config) as session:
+        session.wait_until(lambda st: "btcusdt@kline_5m" in st["subscriptions"], "the node subscribed", 30)
+        before = scrape(port)
+        session.step(8)  # EmaCross(2, 4) is ready after 4 bars and goes long on the rise
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = scrape(port)
+            if value(metrics, "qt_orders_total", event="filled") >= 1 and value(
+                metrics, "qt_positions_count"
+            ):
+                break
+            assert time.monotonic() < deadline, "no fill in the metrics"
+            time.sleep(0.2)
+        returncode = session.stop(timeout=30)
+        output = session.output()
+    assert returncode == 0, output[-3000:]
     assert f"Serving /metrics on http://127.0.0.1:{port}/metrics" in output
     assert value(before, "qt_orders_total", event="filled") == 0
     assert math.isnan(value(before, "qt_last_bar_timestamp_seconds"))
