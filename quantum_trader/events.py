@@ -204,26 +204,44 @@ class RiskEvent(Data):
     limit: float = math.nan
 
 
+# What an operator can ask (the control API, actors/control_api.py, publishes them; the node's own components act):
+# trip / reset: the emergency stop; close: a market exit of `symbol` (`*` = every position), reason manual;
+# executor_stop / executor_start: the strategies stop / resume opening positions (exits keep being managed);
+# retrain / promote / demote: the model lifecycle, `target` a model kind or registry id.
+OPERATOR_ACTIONS = (
+    "trip", "reset", "close", "executor_stop", "executor_start", "retrain", "promote", "demote",
+)  # fmt: skip
+
+
 @customdataclass
 class OperatorCommand(Data):
-    """An operator command: `action` trip or reset (the emergency stop) or close (`symbol`, reason manual)."""
+    """An operator command: `action` one of OPERATOR_ACTIONS; `symbol` for close, `target` for the model
+    actions; `operator` who asked (never a credential)."""
 
     action: str = "trip"
     symbol: str = ""
     reason: str = ""
     operator: str = ""
+    target: str = ""
 
 
 HEALTH_STATUSES = ("ok", "degraded", "critical")
+# The roll-up of every dependency's status (actors/health_monitor.py), best first.
+HEALTH_LEVELS = ("OPTIMAL", "HEALTHY", "DEGRADED", "CRITICAL", "EMERGENCY")
+SYSTEM_COMPONENT = "system"  # the component name of the roll-up's HealthEvents
 
 
 @customdataclass
 class HealthEvent(Data):
-    """A component's health: `status` ok / degraded / critical. A critical one trips the emergency stop."""
+    """A component's health: `status` ok / degraded / critical. A critical one trips the emergency stop.
+
+    The roll-up (component `system`) also carries `level`, one of HEALTH_LEVELS; other components leave it empty.
+    """
 
     component: str = ""
     status: str = "ok"
     reason: str = ""
+    level: str = ""
 
 
 def bar_close_signals_to_dict(batch: BarCloseSignals) -> dict:
