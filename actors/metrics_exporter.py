@@ -32,7 +32,9 @@ Metrics (units in the name or below; gauges read NaN until their first value):
   OrderFilled without an acceptance), on the node's clock: the exchange API's round trip live, 0 in a backtest.
 - `qt_emergency_brake`: 1 while the emergency stop is tripped; `qt_emergency_trips_total{code}`;
   `qt_risk_events_total{source,action,code}` (vetoes, blocks, trips, resets, ...);
-  `qt_health_status{component}`: 0 ok, 1 degraded, 2 critical, from HealthEvents.
+  `qt_health_status{component}`: 0 ok, 1 degraded, 2 critical, from HealthEvents;
+  `qt_health_level`: the roll-up (actors/health_monitor.py), 0 OPTIMAL, 1 HEALTHY, 2 DEGRADED, 3 CRITICAL,
+  4 EMERGENCY, from the HealthEvents of component `system`.
 - `qt_last_bar_timestamp_seconds`: the close time (unix seconds) of the newest bar (alert on
   `time() - qt_last_bar_timestamp_seconds`: it keeps growing while the engine is stuck, which a gauge set by
   the engine would not); `qt_data_age_seconds`: the clock's age of that bar at the latest sample.
@@ -64,7 +66,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from actors.emergency_stop import emergency_state
 from actors.equity_recorder import account_equity
-from quantum_trader.events import DIRECTION_CODES, BarCloseSignals, HealthEvent, RiskEvent, Signal
+from quantum_trader.events import (
+    DIRECTION_CODES,
+    HEALTH_LEVELS,
+    SYSTEM_COMPONENT,
+    BarCloseSignals,
+    HealthEvent,
+    RiskEvent,
+    Signal,
+)
 
 ORDER_TOPIC = "events.order.*"
 POSITION_TOPIC = "events.position.*"
@@ -177,6 +187,9 @@ class MetricsExporter(Actor):
         )
         self.health = gauge(
             "qt_health_status", "Component health: 0 ok, 1 degraded, 2 critical", ["component"]
+        )
+        self.health_level = gauge(
+            "qt_health_level", "Health roll-up: 0 OPTIMAL, 1 HEALTHY, 2 DEGRADED, 3 CRITICAL, 4 EMERGENCY"
         )
         self.last_bar = gauge("qt_last_bar_timestamp_seconds", "Close time of the newest bar, unix seconds")
         self.data_age = gauge(
@@ -301,6 +314,8 @@ class MetricsExporter(Actor):
                 self.brake.set(0)
         elif isinstance(data, HealthEvent):
             self.health.labels(component=data.component).set(_HEALTH_LEVELS.get(data.status, 2))
+            if data.component == SYSTEM_COMPONENT and data.level in HEALTH_LEVELS:
+                self.health_level.set(HEALTH_LEVELS.index(data.level))
 
     def _on_signals(self, batch: BarCloseSignals) -> None:
         seen = self._bar_seen_at.pop(batch.ts_event, None)

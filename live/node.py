@@ -21,6 +21,8 @@ Order of work in `build_live_node` (each step is a fact of Nautilus 1.231, see /
    without load_ids nothing loads); the risk engine is bound to every component with `bind_risk_engine`.
    The exec client is Nautilus' own with one reconciliation bug worked around (live/binance_fixes.py: fills
    counted twice flattened a running node's position after every user-stream reconnect).
+6. Every HealthMonitor actor gets its probes (`attach_health_probes`): the exec engine's connection, the Binance
+   websockets, the strategies running, and a Redis PING when Redis is enabled.
 
 `run_live` starts the node and checks it: the kernel returns from `start_async` WITHOUT starting the trader
 when a client fails to connect or reconciliation fails (the process would keep running and exit 0 with no
@@ -68,6 +70,7 @@ from nautilus_trader.live.node import TradingNode
 from nautilus_trader.model.data import BarType
 from nautilus_trader.model.identifiers import ClientId, InstrumentId
 
+from actors.health_monitor import HealthMonitor
 from catalog.instruments import instrument_id
 from catalog.store import bar_type_for
 from live.binance_fixes import QTBinanceLiveExecClientFactory
@@ -403,7 +406,47 @@ def build_live_node(cfg: LiveConfig, mainnet: bool = False, loop=None, environ=o
     )
     node.build()
     bind_risk_engine([*actors, *strategies], node.kernel.risk_engine)
+    for monitor in (a for a in actors if isinstance(a, HealthMonitor)):
+        attach_health_probes(monitor, cfg, node, strategies)
     return LiveNode(cfg, node, strategies, actors, bus_watch, cleared, recorder=recorder)
+
+
+# ---- health probes -------------------------------------------------------------------------------------
+def attach_health_probes(
+    monitor: HealthMonitor, cfg: LiveConfig, node: TradingNode, strategies: list
+) -> None:
+    """What an actor cannot see from the bus (actors/health_monitor.py): the exchange connections, the
+    strategies' state and Redis. Each probe runs on the node's thread."""
+    kernel = node.kernel
+    monitor.attach_probe("exchange_rest", kernel.exec_engine.check_connected)
+    monitor.attach_probe("exchange_ws", lambda: websockets_up(kernel))
+    monitor.attach_probe("trader", lambda: all(s.is_running for s in strategies))
+    if cfg.redis.enabled:
+        client = redis_client(cfg)  # a PING blocks the node's thread for at most redis.timeout_seconds
+        monitor.attach_probe("redis", client.ping)
+
+
+def websockets_up(kernel) -> bool:
+    """The data clients say connected and every websocket of the Binance clients (market data, user data) is
+    active: a dropped socket reads not active until the client has reconnected it."""
+    return kernel.data_engine.check_connected() and all(ws.is_active() for ws in node_websockets(kernel))
+
+
+def node_websockets(kernel) -> list:
+    """The Rust websocket clients held by the node's data and exec clients. These are private attributes of the
+    1.231 Binance adapter (`_ws_client` / `_ws_public_client`, holding `_clients` or `_client`); a client
+    without them has no websocket to check."""
+    sockets = []
+    for client in [*kernel.data_engine._clients.values(), *kernel.exec_engine._clients.values()]:
+        for attr in ("_ws_client", "_ws_public_client"):
+            ws = getattr(client, attr, None)
+            inner = getattr(ws, "_clients", None)
+            if isinstance(inner, dict):
+                sockets += [s for s in inner.values() if s is not None]
+            single = getattr(ws, "_client", None)
+            if single is not None and hasattr(single, "is_active"):
+                sockets.append(single)
+    return sockets
 
 
 async def run_live(live: LiveNode, duration: float | None = None, report=print) -> int:

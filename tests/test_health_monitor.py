@@ -4,11 +4,14 @@ event), and a live node on the fake exchange whose health follows its feed.
 """
 
 import itertools
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from nautilus_trader.common.actor import Actor
 from nautilus_trader.config import ActorConfig
 from nautilus_trader.model.data import DataType
@@ -263,6 +266,7 @@ def backtest(tmp_path_factory):
                     "config": {"risk_profile": {"emergency": {"feed_stale_seconds": 86400}}},
                 },
                 {"path": "actors.health_monitor:HealthMonitor"},
+                {"path": "actors.metrics_exporter:MetricsExporter"},  # no port: its registry only
             ],
             "report": {"tearsheet": False},
         }
@@ -313,6 +317,19 @@ def test_a_backtest_publishes_each_change_and_the_roll_up_in_simulated_time(back
         assert report[unseen] == "not monitored"
 
 
+def test_the_metrics_exporter_serves_the_roll_up_level_and_each_component(backtest):
+    from actors.metrics_exporter import MetricsExporter
+    from tests.test_metrics_exporter import parse, value
+
+    result, _, _ = backtest
+    (exporter,) = [a for a in result.engine.trader.actors() if isinstance(a, MetricsExporter)]
+    metrics = parse(exporter.exposition())
+    assert value(metrics, "qt_health_level") == 4  # EMERGENCY
+    assert value(metrics, "qt_health_status", component="system") == 2
+    assert value(metrics, "qt_health_status", component="data") == 0
+    assert value(metrics, "qt_health_status", component="models") == 0
+
+
 def test_the_critical_event_trips_the_real_emergency_stop_once(backtest):
     result, _, ess = backtest
     assert ess.trips == ["system_health"]  # the EMERGENCY roll-up's critical event did not trip it again
@@ -354,3 +371,56 @@ def test_the_monitor_changes_no_fill_of_a_backtest(tmp_path):
 
     monitored = fills([{"path": "actors.health_monitor:HealthMonitor"}])
     assert monitored == fills([]) != []
+
+
+# ---- live: `qt live` on the fake exchange ------------------------------------------------------------------
+def health_lines(output: str, what: str) -> list[int]:
+    """Indexes of the node's log lines that report `what` (e.g. "system OPTIMAL")."""
+    return [i for i, line in enumerate(output.splitlines()) if f"Health {what}:" in line]
+
+
+def test_a_live_node_goes_optimal_on_its_first_bars_degraded_when_the_feed_stalls_and_back(tmp_path):
+    """The example config's EMA node with the monitor on a fast clock (bars counted as 3 s long, checked every
+    0.5 s): every probe attached by the live node is up, the first bars make it OPTIMAL, a feed that goes silent
+    (the fake closes no bar) makes the data and the roll-up degraded with no bar to evaluate on (the timer), and
+    the next kline brings it back."""
+    from tests.conftest import free_port
+    from tests.fake_session import live_session
+
+    history = 10
+    closes = np.concatenate([np.full(history, 100.0), np.full(10, 100.0)])
+    build_catalog(tmp_path / "catalog", {"BTCUSDT": candles(closes)})
+    start = T0 + pd.Timedelta(minutes=5 * history)
+    config = yaml.safe_load((ROOT / "configs" / "live" / "fake_exchange.yaml").read_text())
+    for actor in config["actors"]:
+        if actor["path"] == "actors.metrics_exporter:MetricsExporter":
+            actor["config"]["port"] = free_port()
+        if actor["path"] == "actors.health_monitor:HealthMonitor":
+            actor["config"] |= {"check_seconds": 0.5, "bar_interval_seconds": 3, "data_critical_bars": 100}
+    with live_session(tmp_path, tmp_path / "catalog", ["BTCUSDT"], start, config) as session:
+        session.wait_until(lambda st: "btcusdt@kline_5m" in st["subscriptions"], "the node subscribed", 30)
+        session.step(2)
+        session.wait_for("Health system OPTIMAL", timeout=10)
+        # the fake closes no bar for a while: the node's feed goes silent
+        session.wait_for("Health data degraded", timeout=15)
+        session.wait_for("Health system DEGRADED", timeout=5)
+        session.step(1)  # the feed resumes with the next bar (contiguous: none closed while it was silent)
+        deadline = time.monotonic() + 10
+        while len(health_lines(session.output(), "system OPTIMAL")) < 2:
+            assert time.monotonic() < deadline, session.output()[-3000:]
+            time.sleep(0.1)
+        returncode = session.stop(timeout=30)
+        output = session.output()
+    assert returncode == 0, output[-3000:]
+    lines = output.splitlines()
+    first_optimal, again = health_lines(output, "system OPTIMAL")[:2]
+    (degraded,) = health_lines(output, "system DEGRADED")
+    assert first_optimal < degraded < again
+    stale = lines[health_lines(output, "data degraded")[0]]
+    age = int(re.search(r"freshest \S+: (\d+) s since its last bar", stale).group(1))
+    assert age >= 4  # not before 1.5 intervals of 3 s (on the node's clock)
+    for probed in ("exchange_rest", "exchange_ws", "trader"):  # the live node's probes, each up
+        assert health_lines(output, f"{probed} ok"), probed
+    assert not health_lines(output, "redis ok")  # no Redis in this config: not monitored
+    assert "not monitored: redis, models" in output  # models: the EMA publishes no signal batches
+    assert "[ERROR]" not in output, [line for line in output.splitlines() if "[ERROR]" in line]
