@@ -428,13 +428,18 @@ def attach_health_probes(
 
 def websockets_up(kernel) -> bool:
     """The data clients say connected and every websocket of the Binance clients (market data, user data) is
-    active: a dropped socket reads not active until the client has reconnected it."""
-    return kernel.data_engine.check_connected() and all(ws.is_active() for ws in node_websockets(kernel))
+    up. A dropped socket still reads `is_active()` while its client reconnects it (1.231), hence
+    `is_reconnecting()` as well."""
+    sockets = node_websockets(kernel)
+    return kernel.data_engine.check_connected() and all(
+        ws.is_active() and not ws.is_reconnecting() for ws in sockets
+    )
 
 
 def node_websockets(kernel) -> list:
     """The Rust websocket clients held by the node's data and exec clients. These are private attributes of the
-    1.231 Binance adapter (`_ws_client` / `_ws_public_client`, holding `_clients` or `_client`); a client
+    1.231 Binance adapter (`_ws_client` / `_ws_public_client`, holding `_clients`, `_client` or
+    `_stream_client`); a client
     without them has no websocket to check."""
     sockets = []
     for client in [*kernel.data_engine._clients.values(), *kernel.exec_engine._clients.values()]:
@@ -443,9 +448,10 @@ def node_websockets(kernel) -> list:
             inner = getattr(ws, "_clients", None)
             if isinstance(inner, dict):
                 sockets += [s for s in inner.values() if s is not None]
-            single = getattr(ws, "_client", None)
-            if single is not None and hasattr(single, "is_active"):
-                sockets.append(single)
+            for name in ("_client", "_stream_client"):  # the user stream: WS API, or REST listen-key mode
+                single = getattr(ws, name, None)
+                if single is not None and hasattr(single, "is_active"):
+                    sockets.append(single)
     return sockets
 
 

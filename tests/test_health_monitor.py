@@ -379,11 +379,21 @@ def health_lines(output: str, what: str) -> list[int]:
     return [i for i, line in enumerate(output.splitlines()) if f"Health {what}:" in line]
 
 
+def wait_lines(session, what: str, count: int, timeout: float = 15) -> None:
+    """Until the node has logged `count` health lines of `what`."""
+    deadline = time.monotonic() + timeout
+    while len(health_lines(session.output(), what)) < count:
+        assert session.node.poll() is None, session.output()[-3000:]
+        assert time.monotonic() < deadline, f"fewer than {count} {what!r}:\n{session.output()[-3000:]}"
+        time.sleep(0.1)
+
+
 def test_a_live_node_goes_optimal_on_its_first_bars_degraded_when_the_feed_stalls_and_back(tmp_path):
     """The example config's EMA node with the monitor on a fast clock (bars counted as 3 s long, checked every
     0.5 s): every probe attached by the live node is up, the first bars make it OPTIMAL, a feed that goes silent
     (the fake closes no bar) makes the data and the roll-up degraded with no bar to evaluate on (the timer), and
-    the next kline brings it back."""
+    the next kline brings it back; then every websocket drops and the user stream cannot reconnect for a while:
+    exchange_ws degraded until it is back."""
     from tests.conftest import free_port
     from tests.fake_session import live_session
 
@@ -405,16 +415,22 @@ def test_a_live_node_goes_optimal_on_its_first_bars_degraded_when_the_feed_stall
         session.wait_for("Health data degraded", timeout=15)
         session.wait_for("Health system DEGRADED", timeout=5)
         session.step(1)  # the feed resumes with the next bar (contiguous: none closed while it was silent)
-        deadline = time.monotonic() + 10
-        while len(health_lines(session.output(), "system OPTIMAL")) < 2:
-            assert time.monotonic() < deadline, session.output()[-3000:]
-            time.sleep(0.1)
+        wait_lines(session, "system OPTIMAL", 2)
+        # Every websocket dropped, the user stream held down at the fake: the node's websockets are reconnecting
+        session.fake.call(_drop_websockets(session.fake.fake, hold_user_stream=True))
+        session.wait_for("Health exchange_ws degraded", timeout=10)
+        session.fake.call(_release_user_stream(session.fake.fake))
+        wait_lines(session, "exchange_ws ok", 2)  # the first one was at start
+        wait_lines(session, "system OPTIMAL", 3)
         returncode = session.stop(timeout=30)
         output = session.output()
     assert returncode == 0, output[-3000:]
     lines = output.splitlines()
-    first_optimal, again = health_lines(output, "system OPTIMAL")[:2]
-    (degraded,) = health_lines(output, "system DEGRADED")
+    first_optimal, again, after_drop = health_lines(output, "system OPTIMAL")[:3]
+    (ws_down,) = health_lines(output, "exchange_ws degraded")
+    assert again < ws_down < after_drop
+    assert [i for i in health_lines(output, "system DEGRADED") if again < i < after_drop]
+    degraded = health_lines(output, "system DEGRADED")[0]
     assert first_optimal < degraded < again
     stale = lines[health_lines(output, "data degraded")[0]]
     age = int(re.search(r"freshest \S+: (\d+) s since its last bar", stale).group(1))
@@ -424,3 +440,13 @@ def test_a_live_node_goes_optimal_on_its_first_bars_degraded_when_the_feed_stall
     assert not health_lines(output, "redis ok")  # no Redis in this config: not monitored
     assert "not monitored: redis, models" in output  # models: the EMA publishes no signal batches
     assert "[ERROR]" not in output, [line for line in output.splitlines() if "[ERROR]" in line]
+
+
+async def _drop_websockets(fake, hold_user_stream: bool) -> int:
+    if hold_user_stream:
+        fake.user.accepting.clear()  # a user stream that reconnects waits until released
+    return await fake.drop_websockets()
+
+
+async def _release_user_stream(fake) -> None:
+    fake.user.accepting.set()
