@@ -450,3 +450,103 @@ async def _drop_websockets(fake, hold_user_stream: bool) -> int:
 
 async def _release_user_stream(fake) -> None:
     fake.user.accepting.set()
+
+
+# ---- the live node's probes; the bus watch's events ------------------------------------------------------
+def live_config(**fields):
+    from live.config import parse_live_config
+    from tests.conftest import free_port
+
+    port = free_port()
+    data = {
+        "symbols": ["BTCUSDT"],
+        "endpoints": {"http": f"http://127.0.0.1:{port}", "ws": f"ws://127.0.0.1:{port}"},
+        "redis": {"enabled": False},
+        "strategies": [{"path": "strategies.ema_cross:EmaCross"}],
+        "actors": [{"path": "actors.health_monitor:HealthMonitor", "config": {"check_seconds": 5}}],
+        "log_level": "WARNING",
+    }
+    return parse_live_config(data | fields)
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Live nodes built (not started) by a test; disposed after it."""
+    from live.node import build_live_node, dispose
+    from tests.fake_session import KEYS
+
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    nodes = []
+
+    def build(cfg):
+        live = build_live_node(cfg)
+        nodes.append(live.node)
+        (monitor,) = [a for a in live.actors if isinstance(a, HealthMonitor)]
+        return monitor
+
+    yield build
+    for node in nodes:
+        dispose(node)
+
+
+def test_the_live_node_attaches_every_probe_and_a_redis_ping_only_with_redis(built, redis_port):
+    without = built(live_config())
+    assert set(without._probes) == {"exchange_rest", "exchange_ws", "trader"}
+    assert without._probes["trader"]() is False  # built, not started
+    assert without._probes["exchange_rest"]() is False  # nothing connected yet
+    with_redis = built(
+        live_config(
+            redis={"enabled": True, "port": redis_port}, message_bus={"streams": False}, trader_id="H-002"
+        )
+    )
+    assert set(with_redis._probes) == {"exchange_rest", "exchange_ws", "trader", "redis"}
+    assert with_redis._probes["redis"]() is True  # PONG
+
+
+def test_the_bus_watch_events_are_the_redis_dependency(tmp_path):
+    """The bus watch's `redis_stream` events (live/bus_watch.py) become the `redis` dependency: one non-core
+    dependency degraded is HEALTHY; its critical event is the bus watch's own trip, mirrored."""
+    catalog = build_catalog(tmp_path / "catalog", {SYMBOL: candles(random_walk(60, seed=1))}).path
+    events = [
+        {
+            "at": "2025-01-01 01:00:30",
+            "type": "health",
+            "component": "redis_stream",
+            "status": "degraded",
+            "reason": "slow",
+        },
+        {"at": "2025-01-01 02:00:30", "type": "health", "component": "redis_stream", "status": "ok"},
+        {
+            "at": "2025-01-01 03:00:30",
+            "type": "health",
+            "component": "redis_stream",
+            "status": "critical",
+            "reason": "silent",
+        },
+    ]
+    cfg = parse_backtest_config(
+        {
+            "catalog": str(catalog),
+            "universe": {"select": "all"},
+            "venue": {"funding": False},
+            "strategies": [{"path": "strategies.buy_hold:BuyHold"}],
+            "actors": [
+                {"path": "tests.test_emergency_stop:Injector", "config": {"events": events}},
+                {"path": "actors.health_monitor:HealthMonitor"},
+            ],
+            "report": {"tearsheet": False},
+        }
+    )
+    result = run_backtest(cfg, progress=False)
+    (monitor,) = [a for a in result.engine.trader.actors() if isinstance(a, HealthMonitor)]
+    redis_and_system = [e for e in published(monitor) if e[1] in ("redis", "system")]
+    assert redis_and_system[-6:] == [
+        ("01:00", "redis", "degraded", ""),
+        ("01:00", "system", "ok", "HEALTHY"),
+        ("02:00", "redis", "ok", ""),
+        ("02:00", "system", "ok", "OPTIMAL"),
+        ("03:00", "redis", "critical", ""),
+        ("03:00", "system", "critical", "CRITICAL"),  # no emergency stop in this run
+    ]
+    assert monitor.report()["redis"] == "critical: message bus: silent"
