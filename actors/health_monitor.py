@@ -332,7 +332,7 @@ class HealthMonitor(Actor):
         self._bus_watch: Status | None = None
         self.statuses: dict[str, Status] = {}  # the latest status of each monitored dependency
         self.level: Status | None = None  # the latest roll-up
-        self.published: list[HealthEvent] = []  # what this monitor published, in order
+        self.published: deque[HealthEvent] = deque(maxlen=1000)  # the latest events it published, in order
         self._last_eval_ns = -1
         self._evaluating = False
         self._again = False
