@@ -550,3 +550,45 @@ def test_the_bus_watch_events_are_the_redis_dependency(tmp_path):
         ("03:00", "system", "critical", "CRITICAL"),  # no emergency stop in this run
     ]
     assert monitor.report()["redis"] == "critical: message bus: silent"
+
+
+def test_a_reset_while_a_dependency_is_still_critical_trips_the_stop_again_and_nothing_loops(tmp_path):
+    """Models at 0 are critical: the stop trips. An operator reset while they are still at 0 leaves EMERGENCY for
+    CRITICAL, whose event trips the stop again (fail safe: fix the dependency first); the models back, it stays
+    latched until the next reset, which then finds everything ok."""
+    catalog = build_catalog(tmp_path / "catalog", {SYMBOL: candles(random_walk(72, seed=2))}).path
+    batches = {"01:00": "a,b", "02:00": "", "03:00": "a,b"}
+    resets = [
+        {"at": f"2025-01-01 {hhmm}:30", "type": "command", "action": "reset", "operator": "ops"}
+        for hhmm in ("02:30", "04:00")
+    ]
+    cfg = parse_backtest_config(
+        {
+            "catalog": str(catalog),
+            "universe": {"select": "all"},
+            "venue": {"funding": False},
+            "strategies": [{"path": "strategies.buy_hold:BuyHold"}],
+            "actors": [
+                {"path": "tests.test_health_monitor:Batches", "config": {"batches": list(batches.items())}},
+                {"path": "tests.test_emergency_stop:Injector", "config": {"events": resets}},
+                {"path": "actors.emergency_stop:EmergencyStop"},
+                {"path": "actors.health_monitor:HealthMonitor"},
+            ],
+            "report": {"tearsheet": False},
+        }
+    )
+    result = run_backtest(cfg, progress=False)
+    actors = result.engine.trader.actors()
+    (monitor,) = [a for a in actors if isinstance(a, HealthMonitor)]
+    (ess,) = [a for a in actors if isinstance(a, EmergencyStop)]
+    events = [e for e in published(monitor) if e[0] >= "02:00"]
+    assert events == [
+        ("02:00", "models", "critical", ""),
+        ("02:00", "system", "critical", "EMERGENCY"),
+        ("02:30", "system", "critical", "CRITICAL"),  # the reset: models still at 0
+        ("02:30", "system", "critical", "EMERGENCY"),  # ... and the stop tripped again
+        ("03:00", "models", "ok", ""),
+        ("04:00", "system", "ok", "OPTIMAL"),  # the second reset
+    ]
+    assert ess.trips == ["system_health", "system_health"]
+    assert not ess.tripped
