@@ -258,6 +258,14 @@ class QTStrategy(Strategy):
         self.log.warning(f"Feed gap: {reason}" + ("; requesting them" if backfill else ""))
         self.feed_gaps.append((str(bar.bar_type), last, bar.ts_event, int(missing)))
         self._publish_feed_event("feed_gap", reason, iid, float(missing))
+        now = self.clock.timestamp_ns()
+        if backfill and last + 1 > now:
+            # the bars are stamped ahead of this node's clock (its host clock lags the venue's): Nautilus
+            # refuses a request that starts in the future, and raising here would stop the data engine
+            self.log.warning(
+                f"Feed gap of {iid}: the missing bars are ahead of this node's clock; not requested"
+            )
+            backfill = False
         if not backfill:
             self._block_entries(iid, f"{missing} bar(s) missing")
             return False
@@ -273,7 +281,7 @@ class QTStrategy(Strategy):
             start=pd.Timestamp(last + 1, tz="UTC"),
             # the close of the last missing bar plus half a millisecond: Binance's endTime bounds open times,
             # and the held bar opens 1 ms after that close
-            end=pd.Timestamp(bar.ts_event - step + 500_000, tz="UTC"),
+            end=pd.Timestamp(min(bar.ts_event - step + 500_000, now), tz="UTC"),
             callback=self._warmup_answered,
             request_id=request_id,
         )

@@ -143,6 +143,8 @@ class FaultProbeConfig(QTStrategyConfig, frozen=True):
     exit_on: tuple[int, ...] = ()  # live bar numbers that close the position at market if one is open
     atr: float = 2.0  # in price: R for the Exit Brain
     report_path: str = ""  # JSON written after every bar and order event (tests/test_live_faults.py reads it)
+    early_bar_on: int = 0  # at this bar, receive a copy stamped `early_bar_steps` bars ahead of the clock
+    early_bar_steps: int = 3
 
 
 class FaultProbe(QTStrategy):
@@ -166,7 +168,24 @@ class FaultProbe(QTStrategy):
             self.enter(iid, OrderSide.BUY, bar.close.as_double(), atr=self.config.atr)
         elif n in self.config.exit_on and not flat:
             self.exit(iid)
+        if n == self.config.early_bar_on:
+            self.handle_bar(self._stamped_ahead(bar, self.config.early_bar_steps))
         self.report()
+
+    @staticmethod
+    def _stamped_ahead(bar: Bar, steps: int) -> Bar:
+        """`bar` as a node whose host clock lags the venue's would receive one `steps` bars later."""
+        ahead = steps * int(bar.bar_type.spec.timedelta.total_seconds() * 1e9)
+        return Bar(
+            bar.bar_type,
+            bar.open,
+            bar.high,
+            bar.low,
+            bar.close,
+            bar.volume,
+            bar.ts_event + ahead,
+            bar.ts_init,
+        )
 
     def on_order_event(self, event) -> None:
         self.report()

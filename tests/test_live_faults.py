@@ -535,6 +535,43 @@ def test_a_gap_in_backtest_data_is_detected_and_blocks_entries_for_a_while(tmp_p
     assert [bar_of[ts] for ts in entries] == [51, 64]
 
 
+def test_bars_stamped_ahead_of_the_clock_are_not_requested_and_block_entries(tmp_path):
+    """A host clock that lags the venue's: the bars after a gap are stamped in this node's future, which
+    Nautilus refuses to request (raising inside the data engine would stop the node). The gap is reported,
+    nothing is requested, entries on the instrument wait, and the run goes on."""
+    from backtests.config import parse_backtest_config
+    from backtests.runner import run_backtest
+    from tests.conftest import random_walk
+
+    build_catalog(tmp_path / "catalog", {"AAAUSDT": candles(random_walk(300, seed=1))})
+    start = pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(minutes=5 * 200)
+    config = {
+        "catalog": str(tmp_path / "catalog"),
+        "universe": {"select": "all"},
+        "period": {"start": start.isoformat(), "end": (start + pd.Timedelta(days=1)).isoformat()},
+        "strategies": [
+            {
+                "path": "tests.strategies_for_tests:FaultProbe",
+                "config": {
+                    "early_bar_on": 40,
+                    "early_bar_steps": 3,
+                    "enter_on": [45],
+                    "feed_gap_block_bars": 12,
+                },
+            }
+        ],
+        "report": {"tearsheet": False},
+    }
+    artifacts = run_backtest(parse_backtest_config(config), progress=False)
+    strategy = artifacts.strategies[0]
+    ((_, before, after, missing),) = strategy.feed_gaps
+    assert (missing, after - before) == (2, 3 * INTERVAL_NS)
+    assert not strategy.warming_up and not strategy.backfilled  # nothing was requested
+    assert len(strategy.seen) > 100  # the run went on after the early bar
+    entries = [o for o in artifacts.engine.kernel.cache.orders() if "ENTRY" in (o.tags or [])]
+    assert entries == []  # bar 45 is inside the 12 blocked bars
+
+
 # ---- session 3: the stop fills while the user stream is down ------------------------------------------------
 def test_a_stop_that_fills_while_the_user_stream_is_down_is_reconciled(tmp_path):
     closes = [100.0, 100.0, 95.0, 95.0, 95.0]
