@@ -67,6 +67,7 @@ from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
 from nautilus_trader.trading.strategy import Strategy
 
+from actors.emergency_stop import emergency_state
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import INTENT_TOPIC, WARMUP_TOPIC, OperatorCommand, RiskEvent
@@ -134,6 +135,7 @@ class QTStrategy(Strategy):
             config.liquidation_guard
         )
         self.warming_up = False
+        self.entries_enabled = True  # an operator's executor_stop clears it: no new positions, exits go on
         self._warmup_waiting: set = set()  # request ids not answered yet
         self._warmup_history: list[Bar] = []
         self._warmup_live: list[Bar] = []  # live bars that arrived while the history was on its way
@@ -163,8 +165,8 @@ class QTStrategy(Strategy):
                 self.stop()
                 return
             self.subscribe_bars(bar_type)
-        if self.exit_brain is not None or self.risk is not None:
-            self.subscribe_data(DataType(OperatorCommand), client_id=COMMANDS_CLIENT)
+        # operator commands (the control API, actors/control_api.py): close a symbol, stop / resume entries
+        self.subscribe_data(DataType(OperatorCommand), client_id=COMMANDS_CLIENT)
         if self.exit_brain is not None or self.risk is not None or self.config.execution_delay_bars:
             for bar_type in self.bar_types:  # runs before the subclass' on_bar for the same bar
                 self.msgbus.subscribe(topic=f"data.bars.{bar_type}", handler=self._track_bar, priority=5)
@@ -387,6 +389,8 @@ class QTStrategy(Strategy):
         if isinstance(data, OperatorCommand):
             if data.action == "close":
                 self._close_on_command(data)
+            elif data.action in ("executor_stop", "executor_start"):
+                self._entries_on_command(data)
         elif self.risk is not None:
             self.risk.on_data(data)
 
@@ -397,6 +401,18 @@ class QTStrategy(Strategy):
             names = ("*", symbol_of(iid), iid.symbol.value, str(iid))
             if command.symbol in names and self.net_side(iid) != PositionSide.FLAT:
                 self.exit(iid, "MANUAL")
+
+    def _entries_on_command(self, command: OperatorCommand) -> None:
+        """executor_stop: open no new position (open ones keep their exits, the Exit Brain keeps managing them);
+        executor_start: open positions again."""
+        enabled = command.action == "executor_start"
+        if enabled == self.entries_enabled:
+            return
+        self.entries_enabled = enabled
+        who = f" by {command.operator}" if command.operator else ""
+        why = f": {command.reason}" if command.reason else ""
+        what = "resumed" if enabled else "stopped (open positions keep their exits)"
+        self.log.warning(f"Entries {what}{who}{why}")
 
     def on_strategy_start(self) -> None:
         """Hook for subclasses (indicators, state)."""
@@ -434,6 +450,10 @@ class QTStrategy(Strategy):
         """
         if self.warming_up:
             return False  # history is being replayed: its prices are gone
+        if not self.entries_enabled:
+            return False  # an operator stopped the executor's entries
+        if self.risk is None and emergency_state(self.cache).tripped:
+            return False  # the emergency stop is latched (the risk gates check it too, with a veto event)
         if self._blocked.get(instrument_id):
             return False  # a feed gap left a hole in this instrument's feature window
         pending = self._entry_orders.get(instrument_id)
