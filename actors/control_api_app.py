@@ -13,17 +13,28 @@ import hmac
 import logging
 import socket
 import threading
+from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import uvicorn
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 API_PREFIX = "/api"
 SERVER_JOIN_SECONDS = 5.0
 OptionalBody = Annotated[dict | None, Body()]  # a JSON object, or no body at all
+DASHBOARD = Path(__file__).with_name("dashboard.html")  # the operator page (package data)
+# The page is a static shell: no data, no secret; it may talk to this server only (connect-src 'self'), loads
+# nothing from elsewhere, and is never framed or cached.
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class ApiError(Exception):
@@ -160,6 +171,11 @@ def build_app(backend: Backend) -> FastAPI:
         return accepted(await backend.demote(kind))
 
     app.include_router(api)
+
+    @app.get("/dashboard")
+    def dashboard():  # no token here: the page holds no data; it sends the token with each /api call
+        return HTMLResponse(DASHBOARD.read_text(), headers=DASHBOARD_HEADERS)
+
     app.state.api_router = api  # its routes, for a test that calls each of them
 
     @app.middleware("http")
