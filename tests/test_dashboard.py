@@ -205,6 +205,14 @@ def test_the_dashboard_shows_a_live_fake_exchange_session_and_nothing_without_th
             refused_curve = driver.find_elements("css selector", "#equity-chart polyline, #equity-chart text")
             refused_equity = driver.find_element("id", "risk-equity").get_attribute("textContent")
             assert driver.save_screenshot(str(SCREENSHOT.with_name("dashboard-unauthorized.png")))
+
+            # the password field: the right token typed in brings the data back, and leaves the field empty
+            driver.find_element("id", "token-input").send_keys(TOKEN)
+            driver.find_element("css selector", "#auth button[type=submit]").click()
+            wait_for(driver, lambda d: texts(d, "#positions-body tr.position-row"), "the position again")
+            typed_field = driver.find_element("id", "token-input").get_attribute("value")
+            typed_dom = driver.page_source
+            typed_banner = driver.find_element("id", "unauthorized").is_displayed()
             console = driver.get_log("browser")
             session.stop(timeout=30)
             output = session.output()
@@ -235,7 +243,8 @@ def test_the_dashboard_shows_a_live_fake_exchange_session_and_nothing_without_th
     # the token lives in sessionStorage only: not in the page as served, the address bar, the DOM, the console
     assert stored == TOKEN
     assert "#token" not in address and TOKEN not in address
-    assert TOKEN not in served and TOKEN not in dom
+    assert TOKEN not in served and TOKEN not in dom and TOKEN not in typed_dom
+    assert typed_field == "" and not typed_banner
     assert "connect-src 'self'" in csp
     assert not [entry for entry in console if TOKEN in entry["message"]]
     assert "SENTINEL" not in output
