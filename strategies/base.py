@@ -50,7 +50,7 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.core.uuid import UUID4
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, BarType, DataType
-from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
+from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce, TradingState
 from nautilus_trader.model.events import (
     OrderAccepted,
     OrderCanceled,
@@ -67,7 +67,6 @@ from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
 from nautilus_trader.trading.strategy import Strategy
 
-from actors.emergency_stop import emergency_state
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import INTENT_TOPIC, WARMUP_TOPIC, OperatorCommand, RiskEvent
@@ -135,6 +134,7 @@ class QTStrategy(Strategy):
             config.liquidation_guard
         )
         self.warming_up = False
+        self._risk_engine = None
         self.entries_enabled = True  # an operator's executor_stop clears it: no new positions, exits go on
         self._warmup_waiting: set = set()  # request ids not answered yet
         self._warmup_history: list[Bar] = []
@@ -150,7 +150,9 @@ class QTStrategy(Strategy):
         self.feed_gaps: list[tuple[str, int, int, int]] = []  # (bar type, previous close, bar close, missing)
 
     def bind_risk_engine(self, risk_engine) -> None:
-        """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
+        """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py), and
+        its trading state gates entries."""
+        self._risk_engine = risk_engine
         self.order_budget.rebind(risk_engine)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -452,8 +454,10 @@ class QTStrategy(Strategy):
             return False  # history is being replayed: its prices are gone
         if not self.entries_enabled:
             return False  # an operator stopped the executor's entries
-        if self.risk is None and emergency_state(self.cache).tripped:
-            return False  # the emergency stop is latched (the risk gates check it too, with a veto event)
+        if self._risk_engine is not None and self._risk_engine.trading_state != TradingState.ACTIVE:
+            # The emergency stop's halt (REDUCING) means no new positions; Nautilus' REDUCING alone would still
+            # let an entry from flat, or the entry of a flip, through.
+            return False
         if self._blocked.get(instrument_id):
             return False  # a feed gap left a hole in this instrument's feature window
         pending = self._entry_orders.get(instrument_id)

@@ -72,6 +72,25 @@ def test_without_the_token_in_the_environment_the_api_refuses_to_start(monkeypat
     assert ControlApi(ControlApiConfig(port=0, token_env="MY_TOKEN")).token_matches(TOKEN)
 
 
+def test_qt_live_without_the_token_exits_2_before_anything_connects(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in (os.environ | KEYS).items() if k != "QT_ADMIN_TOKEN"} | {"PYTHONPATH": str(ROOT)}
+    config = ROOT / "configs" / "live" / "fake_exchange.yaml"  # its endpoints: nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "quantum_trader.cli", "live", str(config), "--duration", "5"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: QT_ADMIN_TOKEN is not set: the control API refuses to start without its admin token "
+        "(set QT_ADMIN_TOKEN in the environment, or remove actors.control_api:ControlApi)"
+    ]
+    assert "RUNNING" not in done.stdout
+
+
 @pytest.fixture
 def served(monkeypatch):
     """An API of an actor that is in no node: auth answers, anything past it finds no node (503)."""
