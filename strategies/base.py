@@ -454,10 +454,8 @@ class QTStrategy(Strategy):
             return False  # history is being replayed: its prices are gone
         if not self.entries_enabled:
             return False  # an operator stopped the executor's entries
-        if self._risk_engine is not None and self._risk_engine.trading_state != TradingState.ACTIVE:
-            # The emergency stop's halt (REDUCING) means no new positions; Nautilus' REDUCING alone would still
-            # let an entry from flat, or the entry of a flip, through.
-            return False
+        if self.risk is None and self._halted():
+            return False  # (the risk gates refuse while the emergency stop is tripped, with a veto event)
         if self._blocked.get(instrument_id):
             return False  # a feed gap left a hole in this instrument's feature window
         pending = self._entry_orders.get(instrument_id)
@@ -497,6 +495,11 @@ class QTStrategy(Strategy):
             sign = 1.0 if side == OrderSide.BUY else -1.0
             self.risk.entry_sent(instrument_id, sign * qty.as_double() * price)
         return True
+
+    def _halted(self) -> bool:
+        """The emergency stop's halt (REDUCING) means no new positions; Nautilus' REDUCING alone would still let
+        an entry from flat, or the entry of a flip, through."""
+        return self._risk_engine is not None and self._risk_engine.trading_state != TradingState.ACTIVE
 
     def can_short(self, instrument_id: InstrumentId) -> bool:
         """A cash account (spot) holds no borrowed coins to sell: a short entry there is refused and counted."""
