@@ -40,7 +40,7 @@ from backtests.progress import ProgressActor, ProgressActorConfig
 from backtests.simulation import BpsSlippageFillModel, FundingModule
 from catalog.instruments import VENUE, instrument_id, symbol_of
 from catalog.store import CatalogStore, bar_type_for
-from quantum_trader.components import bind_risk_engine, build_components
+from quantum_trader.components import bind_risk_engine, bind_strategies, build_components
 from quantum_trader.config import ConfigError
 from quantum_trader.snapshot_memo import memoize_position_snapshots
 
@@ -329,6 +329,7 @@ def rare_young_gc_passes(threshold: int = 50_000) -> Iterator[None]:
 
 def _bind_risk_engine(engine: BacktestEngine) -> None:
     bind_risk_engine([*engine.trader.actors(), *engine.trader.strategies()], engine.kernel.risk_engine)
+    bind_strategies(engine.trader.actors(), engine.trader.strategies())
 
 
 class HistoryCatalog(ParquetDataCatalog):

@@ -78,7 +78,7 @@ from live.bus_watch import BusWatch, BusWatchConfig
 from live.config import LiveConfig
 from live.paper import PaperExecClientFactory
 from live.record import SessionRecorder, SessionRecorderConfig
-from quantum_trader.components import bind_risk_engine, build_components
+from quantum_trader.components import bind_risk_engine, bind_strategies, build_components
 from quantum_trader.config import ConfigError
 from quantum_trader.events import register_bus_types
 
@@ -408,6 +408,7 @@ def build_live_node(cfg: LiveConfig, mainnet: bool = False, loop=None, environ=o
     bind_risk_engine([*actors, *strategies], node.kernel.risk_engine)
     for monitor in (a for a in actors if isinstance(a, HealthMonitor)):
         attach_health_probes(monitor, cfg, node, strategies)
+    bind_strategies(actors, strategies)
     return LiveNode(cfg, node, strategies, actors, bus_watch, cleared, recorder=recorder)
 
 
@@ -462,7 +463,14 @@ async def run_live(live: LiveNode, duration: float | None = None, report=print) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await node.kernel.start_async()
+        try:
+            await node.kernel.start_async()
+        except (
+            Exception
+        ) as err:  # a component's on_start raised (e.g. a port taken): Nautilus logged it above
+            report(f"CRITICAL: the trader did not start: {type(err).__name__}: {err}")
+            await node.stop_async()
+            return EXIT_CRITICAL
         if not node.trader.is_running:
             report(
                 f"CRITICAL: the trader did not start (a client failed to connect or reconciliation failed: "

@@ -146,3 +146,11 @@ def bind_risk_engine(components, risk_engine) -> None:
     for component in components:
         if hasattr(component, "bind_risk_engine"):
             component.bind_risk_engine(risk_engine)
+
+
+def bind_strategies(components, strategies) -> None:
+    """Components that read the strategies' own state (the control API: entries on or off, exit levels) get them;
+    they read it on the engine's thread only."""
+    for component in components:
+        if hasattr(component, "bind_strategies"):
+            component.bind_strategies(strategies)

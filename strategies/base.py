@@ -50,7 +50,7 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.core.uuid import UUID4
 from nautilus_trader.model.currencies import USDT
 from nautilus_trader.model.data import Bar, BarType, DataType
-from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce
+from nautilus_trader.model.enums import OrderSide, PositionSide, TimeInForce, TradingState
 from nautilus_trader.model.events import (
     OrderAccepted,
     OrderCanceled,
@@ -134,6 +134,8 @@ class QTStrategy(Strategy):
             config.liquidation_guard
         )
         self.warming_up = False
+        self._risk_engine = None
+        self.entries_enabled = True  # an operator's executor_stop clears it: no new positions, exits go on
         self._warmup_waiting: set = set()  # request ids not answered yet
         self._warmup_history: list[Bar] = []
         self._warmup_live: list[Bar] = []  # live bars that arrived while the history was on its way
@@ -148,7 +150,9 @@ class QTStrategy(Strategy):
         self.feed_gaps: list[tuple[str, int, int, int]] = []  # (bar type, previous close, bar close, missing)
 
     def bind_risk_engine(self, risk_engine) -> None:
-        """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py)."""
+        """The node's RiskEngine sets the order rate this strategy budgets for (strategies/order_budget.py), and
+        its trading state gates entries."""
+        self._risk_engine = risk_engine
         self.order_budget.rebind(risk_engine)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -163,8 +167,8 @@ class QTStrategy(Strategy):
                 self.stop()
                 return
             self.subscribe_bars(bar_type)
-        if self.exit_brain is not None or self.risk is not None:
-            self.subscribe_data(DataType(OperatorCommand), client_id=COMMANDS_CLIENT)
+        # operator commands (the control API, actors/control_api.py): close a symbol, stop / resume entries
+        self.subscribe_data(DataType(OperatorCommand), client_id=COMMANDS_CLIENT)
         if self.exit_brain is not None or self.risk is not None or self.config.execution_delay_bars:
             for bar_type in self.bar_types:  # runs before the subclass' on_bar for the same bar
                 self.msgbus.subscribe(topic=f"data.bars.{bar_type}", handler=self._track_bar, priority=5)
@@ -395,6 +399,8 @@ class QTStrategy(Strategy):
         if isinstance(data, OperatorCommand):
             if data.action == "close":
                 self._close_on_command(data)
+            elif data.action in ("executor_stop", "executor_start"):
+                self._entries_on_command(data)
         elif self.risk is not None:
             self.risk.on_data(data)
 
@@ -405,6 +411,18 @@ class QTStrategy(Strategy):
             names = ("*", symbol_of(iid), iid.symbol.value, str(iid))
             if command.symbol in names and self.net_side(iid) != PositionSide.FLAT:
                 self.exit(iid, "MANUAL")
+
+    def _entries_on_command(self, command: OperatorCommand) -> None:
+        """executor_stop: open no new position (open ones keep their exits, the Exit Brain keeps managing them);
+        executor_start: open positions again."""
+        enabled = command.action == "executor_start"
+        if enabled == self.entries_enabled:
+            return
+        self.entries_enabled = enabled
+        who = f" by {command.operator}" if command.operator else ""
+        why = f": {command.reason}" if command.reason else ""
+        what = "resumed" if enabled else "stopped (open positions keep their exits)"
+        self.log.warning(f"Entries {what}{who}{why}")
 
     def on_strategy_start(self) -> None:
         """Hook for subclasses (indicators, state)."""
@@ -442,6 +460,10 @@ class QTStrategy(Strategy):
         """
         if self.warming_up:
             return False  # history is being replayed: its prices are gone
+        if not self.entries_enabled:
+            return False  # an operator stopped the executor's entries
+        if self.risk is None and self._halted():
+            return False  # (the risk gates refuse while the emergency stop is tripped, with a veto event)
         if self._blocked.get(instrument_id):
             return False  # a feed gap left a hole in this instrument's feature window
         pending = self._entry_orders.get(instrument_id)
@@ -481,6 +503,11 @@ class QTStrategy(Strategy):
             sign = 1.0 if side == OrderSide.BUY else -1.0
             self.risk.entry_sent(instrument_id, sign * qty.as_double() * price)
         return True
+
+    def _halted(self) -> bool:
+        """The emergency stop's halt (REDUCING) means no new positions; Nautilus' REDUCING alone would still let
+        an entry from flat, or the entry of a flip, through."""
+        return self._risk_engine is not None and self._risk_engine.trading_state != TradingState.ACTIVE
 
     def can_short(self, instrument_id: InstrumentId) -> bool:
         """A cash account (spot) holds no borrowed coins to sell: a short entry there is refused and counted."""

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = {
     "BINANCE_FUTURES_TESTNET_API_KEY": "SENTINELKEYxq7",
     "BINANCE_FUTURES_TESTNET_API_SECRET": "SENTINELSECxq7",
+    "QT_ADMIN_TOKEN": "SENTINELTOKENq9z",  # the control API's admin token (actors/control_api.py)
 }
 
 

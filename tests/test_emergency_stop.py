@@ -63,7 +63,10 @@ class Probe(QTStrategy):
             self.enter(iid, OrderSide.BUY, price)
         elif c.add_every and self.n > c.buy_on_bar and (self.n - c.buy_on_bar) % c.add_every == 0:
             self.adds.append(pd.Timestamp(bar.ts_event, tz="UTC"))
-            self.enter(iid, OrderSide.BUY, price, notional=100.0)
+            # sent past `enter`, which itself refuses entries while the stop is tripped: the risk engine's
+            # REDUCING state is what is checked here
+            qty = self.cache.instrument(iid).make_qty(100.0 / price)
+            self.submit_order(self.order_factory.market(iid, OrderSide.BUY, qty))
         step = self.n - 3
         if 0 <= step < len(c.plan):
             if c.plan[step] == "buy":

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = {
     "BINANCE_FUTURES_TESTNET_API_KEY": "SENTINELKEYxq7",
     "BINANCE_FUTURES_TESTNET_API_SECRET": "SENTINELSECxq7",
+    "QT_ADMIN_TOKEN": "SENTINELTOKENq9z",  # configs/live/fake_exchange.yaml runs the control API
 }
 BTC = InstrumentId.from_str("BTCUSDT-PERP.BINANCE")
 ETH = InstrumentId.from_str("ETHUSDT-PERP.BINANCE")

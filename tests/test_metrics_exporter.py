@@ -51,7 +51,8 @@ class Injector(Actor):
     def on_start(self) -> None:
         self.clock.set_time_alert("signals", SIGNALS_AT + pd.Timedelta(seconds=1), self._signals)
         self.clock.set_time_alert("health", SIGNALS_AT + pd.Timedelta(hours=1), self._health)
-        self.clock.set_time_alert("trip", pd.Timestamp("2025-01-02 20:00", tz="UTC"), self._trip)
+        # before the last bar close: a tripped stop refuses entries, and the run should end holding a position
+        self.clock.set_time_alert("trip", pd.Timestamp("2025-01-02 23:57", tz="UTC"), self._trip)
 
     def _now(self) -> dict:
         now = self.clock.timestamp_ns()
@@ -139,7 +140,7 @@ def backtest_config(catalog, exporters=EXPORTERS):
             "universe": {"select": "all"},
             "venue": {"slippage_bps": 0, "funding": False},
             "strategies": [
-                {"path": "strategies.ema_cross:EmaCross", "config": {"fast_period": 2, "slow_period": 4}}
+                {"path": "strategies.ema_cross:EmaCross", "config": {"fast_period": 4, "slow_period": 16}}
             ],
             "actors": [
                 {"path": "tests.test_metrics_exporter:Injector", "config": {"symbols": list(SYMBOLS)}},
@@ -332,6 +333,9 @@ def test_a_live_node_on_the_fake_exchange_serves_its_metrics_while_it_trades(tmp
     config = yaml.safe_load((root / "configs" / "live" / "fake_exchange.yaml").read_text())
     (exporter,) = [a for a in config["actors"] if a["path"] == "actors.metrics_exporter:MetricsExporter"]
     port = exporter["config"]["port"] = free_port()
+    for actor in config["actors"]:  # the example's other servers (the control API): a free port, not theirs
+        if actor is not exporter and "port" in actor.get("config", {}):
+            actor["config"]["port"] = 0
     with live_session(tmp_path, tmp_path / "catalog", ["BTCUSDT"], start, config) as session:
         session.wait_until(lambda st: "btcusdt@kline_5m" in st["subscriptions"], "the node subscribed", 30)
         before = scrape(port)
