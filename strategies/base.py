@@ -49,6 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from nautilus_trader.common.component import is_logging_initialized
 from nautilus_trader.config import StrategyConfig
 from nautilus_trader.core.data import Data
 from nautilus_trader.core.uuid import UUID4
@@ -545,7 +546,8 @@ class QTStrategy(Strategy):
     def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
         self.order_budget.record(self.clock.timestamp_ns())
         self.guard.sent(order)
-        trace = trace_of(order.tags)
+        # A backtest that bypasses logging skips the formatting too: a few microseconds an order.
+        trace = trace_of(order.tags) if is_logging_initialized() else ""
         if trace:
             self.log.info(f"trace_id={trace} submit {role_of(order.tags)} {_describe(order)}")
         # What was decided, for a session recorder (live/record.py); nobody listens in a plain backtest.
@@ -629,7 +631,7 @@ class QTStrategy(Strategy):
     def on_order_filled(self, event: OrderFilled) -> None:
         order = self.cache.order(event.client_order_id)
         self.guard.answered(order, "filled")
-        trace = trace_of(order.tags) if order is not None else ""
+        trace = trace_of(order.tags) if order is not None and is_logging_initialized() else ""
         if trace:
             self.log.info(
                 f"trace_id={trace} fill {role_of(order.tags)} {event.order_side.name} {event.last_qty} "
@@ -701,18 +703,22 @@ class QTStrategy(Strategy):
         self._protect(position)
 
     def on_position_closed(self, event: PositionClosed) -> None:
+        if is_logging_initialized():
+            self._log_closed(event)
+        if self.exit_brain is not None:
+            self.exit_brain.on_position_closed(event.instrument_id)
+        self._cancel_liquidation_order(event.instrument_id)
+
+    def _log_closed(self, event: PositionClosed) -> None:
         opening = self.cache.order(event.opening_order_id)
         trace = trace_of(opening.tags) if opening is not None else ""
         if not trace and self.exit_brain is not None:
-            trace = self.exit_brain.trace_of(event.instrument_id)
+            trace = self.exit_brain.trace_of(event.instrument_id)  # before it forgets the position
         if trace:
             self.log.info(
                 f"trace_id={trace} closed {event.instrument_id} (entry {event.entry.name}) {event.position_id} "
                 f"realized_pnl={event.realized_pnl}"
             )
-        if self.exit_brain is not None:
-            self.exit_brain.on_position_closed(event.instrument_id)
-        self._cancel_liquidation_order(event.instrument_id)
 
     def _liquidation_price(self, position: Position) -> float:
         lev = self.leverage(position.instrument_id)
