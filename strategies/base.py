@@ -454,10 +454,11 @@ class QTStrategy(Strategy):
             return False
         direction = "LONG" if side == OrderSide.BUY else "SHORT"
         trace = trace or self.decision_trace(instrument_id)
-        self.log.info(
-            f"trace_id={trace} signal {direction} {instrument_id} conf={confidence:.3f} price={price:g}"
-            + (f" {detail}" if detail else "")
-        )
+        if is_logging_initialized():
+            self.log.info(
+                f"trace_id={trace} signal {direction} {instrument_id} conf={confidence:.3f} price={price:g}"
+                + (f" {detail}" if detail else "")
+            )
         if self.exit_brain is not None and (atr is None or not atr > 0):
             self.log.error(
                 f"trace_id={trace} Entry refused for {instrument_id}: the Exit Brain needs the ATR at entry"

@@ -26,6 +26,7 @@ from collections import deque
 import msgspec
 import numpy as np
 import pandas as pd
+from nautilus_trader.common.component import is_logging_initialized
 from nautilus_trader.model.data import Bar, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide
 from nautilus_trader.model.events import PositionClosed
@@ -320,8 +321,7 @@ class EnsembleStrategy(QTStrategy):
         price, atr = float(price), float(atr_ratio) * float(price)
         side = OrderSide.BUY if batch.direction[i] > 0 else OrderSide.SELL
         # The Signal's trace id is born here, for the decisions acted on: none is computed per row.
-        votes = " ".join(f"{k}={v[i]:.3f}" for k, v in batch.votes.items() if np.isfinite(v[i]))
-        detail = f"prob_up={batch.prob_up[i]:.3f} forecast={batch.forecast[i]:.6f} votes[{votes}]"
+        detail = _detail(batch, i) if is_logging_initialized() else ""
         trace = batch.trace_id(i, self.id)
         if self.enter(
             iid, side, price, confidence=float(batch.confidence[i]), atr=atr, trace=trace, detail=detail
@@ -336,6 +336,12 @@ class EnsembleStrategy(QTStrategy):
     def on_position_closed(self, event: PositionClosed) -> None:
         super().on_position_closed(event)
         self._last_trade_ns[event.instrument_id] = event.ts_event
+
+
+def _detail(batch: BarCloseSignals, i: int) -> str:
+    """Row `i`'s vote for the decision's log line."""
+    votes = " ".join(f"{k}={v[i]:.3f}" for k, v in batch.votes.items() if np.isfinite(v[i]))
+    return f"prob_up={batch.prob_up[i]:.3f} forecast={batch.forecast[i]:.6f} votes[{votes}]"
 
 
 def _ohlcv(bars: list[Bar]) -> tuple[np.ndarray, ...]:

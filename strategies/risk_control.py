@@ -15,6 +15,7 @@ as events and are carried out with the Exit Brain's market exits (reason emergen
 import math
 
 import numpy as np
+from nautilus_trader.common.component import is_logging_initialized
 from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import Bar, DataType
 from nautilus_trader.model.identifiers import ClientId, InstrumentId
@@ -171,7 +172,7 @@ class RiskControl:
         )
 
     def _publish(self, veto: Veto, symbol: str = "", trace_id: str = "") -> None:
-        if trace_id:
+        if trace_id and is_logging_initialized():
             self.strategy.log.info(
                 f"trace_id={trace_id} {veto.action} {veto.source}/{veto.code} {symbol}: {veto.reason}"
             )
