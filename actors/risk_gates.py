@@ -87,8 +87,8 @@ class Veto:
     value: float
     limit: float
 
-    def to_event(self, symbol: str, ts_event: int, ts_init: int | None = None):
-        """This veto as a RiskEvent for the message bus."""
+    def to_event(self, symbol: str, ts_event: int, ts_init: int | None = None, trace_id: str = ""):
+        """This veto as a RiskEvent for the message bus; `trace_id`: the refused decision's."""
         from quantum_trader.events import RiskEvent
 
         return RiskEvent(
@@ -101,6 +101,7 @@ class Veto:
             limit=float(self.limit),
             ts_event=ts_event,
             ts_init=ts_event if ts_init is None else ts_init,
+            trace_id=trace_id,
         )
 
 

@@ -20,7 +20,8 @@ from nautilus_trader.model.identifiers import Venue
 from backtests.runner import RunArtifacts
 from catalog.instruments import VENUE, symbol_of
 from quantum_trader.events import ExitEvent, RiskEvent
-from strategies.base import LIQUIDATION_TAG
+from quantum_trader.trace import trace_of
+from strategies.base import ENTRY_TAG, LIQUIDATION_TAG
 
 DAYS_PER_YEAR = 365
 # Every file a report may write. A report first removes these from its folder, so that a file of an earlier
@@ -100,6 +101,37 @@ def liquidation_count(fills: pd.DataFrame, exits: pd.DataFrame) -> int:
         return len(guards)
     gapped = exits[(exits["reason"] == "liquidation") & ~exits["order_id"].isin(guards)]
     return len(guards) + gapped["order_id"].nunique()
+
+
+def with_trace_column(orders: pd.DataFrame) -> pd.DataFrame:
+    """An orders or fills report with `trace_id`: the trace tag of each order (quantum_trader/trace.py), "" for
+    none, so a notebook joins a decision to its orders, fills and exits (exits.csv and risk_events.csv carry
+    it too)."""
+    if "tags" in orders:
+        orders["trace_id"] = [trace_of(t) if isinstance(t, list) else "" for t in orders["tags"]]
+    return orders
+
+
+def entry_traces(orders: pd.DataFrame) -> pd.DataFrame:
+    """The entry orders' (instrument_id, ts_init, trace_id): an entry is created in the same handler, at the
+    same clock time, as the Signal it acts on."""
+    if orders.empty or "trace_id" not in orders:
+        return pd.DataFrame(columns=["instrument_id", "ts_init", "trace_id"])
+    entry = orders["tags"].map(lambda t: isinstance(t, list) and ENTRY_TAG in t) & (orders["trace_id"] != "")
+    rows = orders.loc[entry, ["instrument_id", "ts_init", "trace_id"]].astype({"ts_init": "int64"})
+    return rows.drop_duplicates(["instrument_id", "ts_init"])
+
+
+def with_signal_traces(signals: pd.DataFrame, entries: pd.DataFrame) -> pd.DataFrame:
+    """`trace_id` for the traded signals (the ones an entry was sent on), "" for the rest."""
+    if signals.empty:
+        return signals.assign(trace_id=pd.Series(dtype="str"))
+    keys = pd.DataFrame(
+        {"instrument_id": signals["instrument_id"].astype(str), "ts_init": signals["ts_init"].astype("int64")}
+    )
+    traces = keys.merge(entries, on=["instrument_id", "ts_init"], how="left")["trace_id"]
+    signals["trace_id"] = traces.fillna("").to_numpy()
+    return signals
 
 
 def fingerprint(fills: pd.DataFrame) -> str:
@@ -283,16 +315,19 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     engine, cfg = run.engine, run.config
     # Each table is written as soon as it is built, and the orders and the account are let go at once: with
     # tens of thousands of trades, holding all of them at the same time set the run's peak memory.
-    engine.trader.generate_orders_report().to_csv(out / "orders.csv")
+    orders = with_trace_column(engine.trader.generate_orders_report())
+    orders.to_csv(out / "orders.csv")
+    entries = entry_traces(orders)
+    del orders
     account_report(engine.kernel.cache.account_for_venue(Venue(str(VENUE)))).to_csv(out / "account.csv")
-    fills = engine.trader.generate_order_fills_report()
+    fills = with_trace_column(engine.trader.generate_order_fills_report())
     fills.to_csv(out / "fills.csv")
     positions = engine.trader.generate_positions_report()
     positions.to_csv(out / "positions.csv")
     equity = run.equity.frame()
     funding = pd.DataFrame([p.__dict__ for p in run.funding.payments]) if run.funding else pd.DataFrame()
     equity.to_csv(out / "equity.csv")
-    signals = run.signals.frame()
+    signals = with_signal_traces(run.signals.frame(), entries)
     signals.to_parquet(out / "signals.parquet", index=False)
     funding.to_csv(out / "funding.csv", index=False)
     exits = run.events.frame(ExitEvent)

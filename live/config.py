@@ -175,6 +175,11 @@ class LiveConfig(ProfileFields):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_directory: str | None = Field(None, description="also write the node's log to a file there")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="the log file's format: json writes one JSON object a line (<name>.jsonl); "
+        "decisions carry `trace_id=<id>` in their message (quantum_trader/trace.py). Stdout stays text",
+    )
     record: str | None = Field(
         None,
         description="record the session into a new run folder under this directory (bars, signals, order "

@@ -207,6 +207,7 @@ def node_config(cfg: LiveConfig) -> TradingNodeConfig:
         log_directory=cfg.log_directory,
         log_level_file=cfg.log_level if cfg.log_directory else None,
         log_file_name=f"{cfg.name}" if cfg.log_directory else None,
+        log_file_format="JSON" if cfg.log_format == "json" else None,
         log_colors=False,
     )
     return TradingNodeConfig(

@@ -20,7 +20,8 @@ What is compared, and what is not:
   vote, model ids, feature hash. Numbers are compared at 9 significant digits (the fingerprint too); the
   first difference shows both full values.
 - Intents: the bar after whose close the order was sent, strategy, instrument, side, type, quantity,
-  reduce-only, trigger and limit price, time in force, tags (the role: ENTRY, SL, TP1, BREAKEVEN, TIME, ...).
+  reduce-only, trigger and limit price, time in force, tags (the role: ENTRY, SL, TP1, BREAKEVEN, TIME, ...,
+  and the decision's trace id `trace:<id>`, quantum_trader/trace.py, which both sides derive from the bar close).
   They are compared instrument by instrument, each in submission order (live, the klines of one close arrive
   one by one, so symbols may be decided in another order than the backtest's universe order).
   An order placed in reaction to a venue event rather than decided on a bar (the Exit Brain's stop and

@@ -41,15 +41,9 @@ from nautilus_trader.model.data import Bar, BarType, DataType
 from nautilus_trader.model.identifiers import ClientId
 
 from quantum_trader.events import DIRECTION_CODES, INTENT_TOPIC, WARMUP_TOPIC, BarCloseSignals, Signal
+from quantum_trader.trace import bar_close_ns
 
-GRID_NS = 60_000_000_000
 RECORD_FILES = ("bars.jsonl", "signals.jsonl", "intents.jsonl")
-
-
-def bar_close_ns(ts_event: int) -> int:
-    """The bar close on the minute grid: live stamps (boundary - 1 ms + float noise) and backtest stamps
-    (the boundary) give the same value."""
-    return (int(ts_event) + GRID_NS // 2) // GRID_NS * GRID_NS
 
 
 class SessionRecorderConfig(ActorConfig, frozen=True):

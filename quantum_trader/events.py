@@ -13,6 +13,8 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.model.custom import customdataclass
 from nautilus_trader.model.identifiers import InstrumentId
 
+from quantum_trader.trace import trace_id as _trace_id
+
 MODEL_KINDS = ("xgboost", "lightgbm", "nhits", "patchtst")
 
 
@@ -42,6 +44,11 @@ class Signal(Data):
         return {
             k: getattr(self, f"vote_{k}") for k in MODEL_KINDS if not math.isnan(getattr(self, f"vote_{k}"))
         }
+
+    def trace_id(self, strategy_id) -> str:
+        """The id this decision's orders, fills, exits and log lines carry when `strategy_id` acts on it
+        (quantum_trader/trace.py). Derived, not stored: the same for a live decision and its replay."""
+        return _trace_id(strategy_id, self.instrument_id, self.ts_event)
 
 
 DIRECTION_CODES = {1: "LONG", -1: "SHORT", 0: "FLAT"}
@@ -133,6 +140,10 @@ class BarCloseSignals(Data):
     def signals(self) -> list[Signal]:
         return [self.signal(i) for i in range(len(self))]
 
+    def trace_id(self, i: int, strategy_id) -> str:
+        """Row `i`'s trace id (`Signal.trace_id`), computed only for a decision that is acted on."""
+        return _trace_id(strategy_id, self.instrument_ids[i], self._ts_event)
+
 
 EXIT_REASONS = (
     "tp1",
@@ -172,6 +183,7 @@ class ExitEvent(Data):
     risk_per_unit: float = 0.0
     position_id: str = ""
     order_id: str = ""
+    trace_id: str = ""  # the entry decision's trace id (quantum_trader/trace.py)
 
 
 RISK_SOURCES = (
@@ -202,6 +214,7 @@ class RiskEvent(Data):
     symbol: str = ""
     value: float = math.nan
     limit: float = math.nan
+    trace_id: str = ""  # a veto of an entry: the trace id of the decision it refused
 
 
 # What an operator can ask (the control API, actors/control_api.py, publishes them; the node's own components act):

@@ -31,6 +31,10 @@ to us for MARGIN accounts:
   `feed_gap_timeout_seconds`, entries on that instrument are refused for `feed_gap_block_bars` bars.
 - Venue faults left over after the exchange client's own retries (strategies/execution_guard.py): a rejected
   exit is sent again, a rejected cancel of a still-open order is retried, slow answers are logged.
+- Trace ids (quantum_trader/trace.py): each entry decision gets one (from the strategy, the instrument and the
+  decision bar's close), tagged `trace:<id>` on the entry order and on every exit order of the position it
+  opens. The decision, each order sent, each fill, each veto and the position's close are logged (INFO) with
+  `trace_id=<id>` in the message. Only acted-on decisions get an id: nothing is added per bar.
 
 Two optional parts, each switched on by naming a profile in the config:
 - `exit_profile` (configs/exits/): the Exit Brain (strategies/exit_brain.py) protects every position with
@@ -45,6 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from nautilus_trader.common.component import is_logging_initialized
 from nautilus_trader.config import StrategyConfig
 from nautilus_trader.core.data import Data
 from nautilus_trader.core.uuid import UUID4
@@ -70,6 +75,7 @@ from nautilus_trader.trading.strategy import Strategy
 from actors.risk_profile import risk_profile_from
 from catalog.instruments import symbol_of
 from quantum_trader.events import INTENT_TOPIC, WARMUP_TOPIC, OperatorCommand, RiskEvent
+from quantum_trader.trace import role_of, trace_id, trace_of, with_trace
 from strategies.execution_guard import ExecutionGuard
 from strategies.exit_brain import ExitBrain
 from strategies.exit_profile import exit_profile_from
@@ -113,6 +119,7 @@ class QTStrategy(Strategy):
     def __init__(self, config: QTStrategyConfig):
         super().__init__(config)
         self.bar_types = [BarType.from_str(b) for b in config.bar_types]
+        self._bar_type_of = {bt.instrument_id: bt for bt in self.bar_types}
         self._liquidation_orders: dict[InstrumentId, Order] = {}
         self.margin_rejections = 0
         self.short_refusals = 0
@@ -452,11 +459,15 @@ class QTStrategy(Strategy):
         notional: float | None = None,
         confidence: float = 1.0,
         atr: float | None = None,
+        trace: str | None = None,
+        detail: str = "",
     ) -> bool:
         """Market entry if the risk gates (when configured) pass it and the margin for it is free.
 
         Size: with a risk profile, the SPEC section 6 formula; else `notional` USDT (default from config).
-        `atr` (in price) is required when the Exit Brain is on: R is set from it.
+        `atr` (in price) is required when the Exit Brain is on: R is set from it. `trace`: the decision's trace
+        id (a Signal's, `Signal.trace_id`), else derived from the instrument's last bar close; `detail` is
+        added to the decision's log line.
         """
         if self.warming_up:
             return False  # history is being replayed: its prices are gone
@@ -471,13 +482,21 @@ class QTStrategy(Strategy):
             return False  # the last entry has not filled yet: a second one would double the position
         if side == OrderSide.SELL and not self.can_short(instrument_id):
             return False
+        direction = "LONG" if side == OrderSide.BUY else "SHORT"
+        trace = trace or self.decision_trace(instrument_id)
+        if is_logging_initialized():
+            self.log.info(
+                f"trace_id={trace} signal {direction} {instrument_id} conf={confidence:.3f} price={price:g}"
+                + (f" {detail}" if detail else "")
+            )
         if self.exit_brain is not None and (atr is None or not atr > 0):
-            self.log.error(f"Entry refused for {instrument_id}: the Exit Brain needs the ATR at entry")
+            self.log.error(
+                f"trace_id={trace} Entry refused for {instrument_id}: the Exit Brain needs the ATR at entry"
+            )
             return False
         if self.risk is not None:
-            direction = "LONG" if side == OrderSide.BUY else "SHORT"
             atr_ratio = atr / price if atr is not None else 0.0
-            sizing = self.risk.approve(instrument_id, direction, confidence, price, atr_ratio)
+            sizing = self.risk.approve(instrument_id, direction, confidence, price, atr_ratio, trace)
             if sizing is None:
                 return False
             notional = sizing.notional
@@ -486,17 +505,18 @@ class QTStrategy(Strategy):
         qty = instrument.make_qty(notional / price)
         if qty.as_double() <= 0:
             return False
-        if not self.margin_available(instrument_id, qty.as_double() * price):
+        if not self.margin_available(instrument_id, qty.as_double() * price, trace):
             return False
         if not self.order_rate_allows(1 + self._protection_orders, new_positions=1):
             self.order_rate_refusals += 1
             self.log.warning(
-                f"Entry refused for {instrument_id}: the order-rate limit has no room to protect it"
+                f"trace_id={trace} Entry refused for {instrument_id}: the order-rate limit has no room to "
+                "protect it"
             )
             return False
         if self.exit_brain is not None:
             self.exit_brain.prepare(instrument_id, atr)
-        order = self.order_factory.market(instrument_id, side, qty, tags=[ENTRY_TAG])
+        order = self.order_factory.market(instrument_id, side, qty, tags=with_trace([ENTRY_TAG], trace))
         self._entry_orders[instrument_id] = order
         self.decide(instrument_id, lambda: self.submit_order(order))
         if self.risk is not None:
@@ -519,14 +539,35 @@ class QTStrategy(Strategy):
             self.log.warning(f"Short entries refused: {instrument_id.venue} is a cash account (spot)")
         return False
 
-    def margin_available(self, instrument_id: InstrumentId, notional: float) -> bool:
+    def margin_available(self, instrument_id: InstrumentId, notional: float, trace: str = "") -> bool:
         """The initial margin of `notional` fits the free balance; a refusal is counted and logged."""
         required = notional / self.leverage(instrument_id)
         if required > self.free_margin(instrument_id):
             self.margin_rejections += 1
-            self.log.warning(f"Entry refused for {instrument_id}: margin {required:.2f} exceeds free balance")
+            self.log.warning(
+                f"trace_id={trace} Entry refused for {instrument_id}: margin {required:.2f} exceeds free balance"
+            )
             return False
         return True
+
+    # ---- trace ids -----------------------------------------------------------------------------------
+    def decision_trace(self, instrument_id: InstrumentId) -> str:
+        """The trace id of a decision taken now on the instrument: from its last bar close (the bar being
+        handled), so a backtest and the live session it replays give the same id."""
+        bar_type = self._bar_type_of.get(instrument_id)
+        close = self._last_bar_ns.get(bar_type) if bar_type is not None else None
+        return trace_id(self.id, instrument_id, close if close is not None else self.clock.timestamp_ns())
+
+    def position_trace(self, position: Position | None) -> str:
+        """The trace id of the decision that opened the position: its opening order's tag, else (after a restart,
+        reconciled orders carry no tags) the Exit Brain's persisted record; "" when neither knows it."""
+        if position is None:
+            return ""
+        opening = self.cache.order(position.opening_order_id)
+        trace = trace_of(opening.tags) if opening is not None else ""
+        if not trace and self.exit_brain is not None:
+            trace = self.exit_brain.trace_of(position.instrument_id)
+        return trace
 
     def order_rate_allows(self, orders: int, new_positions: int = 0) -> bool:
         """`orders` more fit in the rate window with room left for what the positions may still need:
@@ -541,6 +582,10 @@ class QTStrategy(Strategy):
     def submit_order(self, order: Order, position_id=None, client_id=None, params=None) -> None:
         self.order_budget.record(self.clock.timestamp_ns())
         self.guard.sent(order)
+        # A backtest that bypasses logging skips the formatting too: a few microseconds an order.
+        trace = trace_of(order.tags) if is_logging_initialized() else ""
+        if trace:
+            self.log.info(f"trace_id={trace} submit {role_of(order.tags)} {_describe(order)}")
         # What was decided, for a session recorder (live/record.py); nobody listens in a plain backtest.
         self.msgbus.publish(INTENT_TOPIC, (self.id, order))
         started = time.perf_counter_ns()
@@ -574,16 +619,32 @@ class QTStrategy(Strategy):
             self.reduce_at_market(position, position.quantity, tag)
 
     def reduce_at_market(self, position: Position, quantity, tag: str) -> Order:
-        """A reduce-only market order for `quantity` of the position, tagged with its exit reason."""
+        """A reduce-only market order for `quantity` of the position, tagged with its exit reason and trace."""
         order = self.order_factory.market(
             instrument_id=position.instrument_id,
             order_side=OrderSide.SELL if position.side == PositionSide.LONG else OrderSide.BUY,
             quantity=quantity,
             reduce_only=True,
-            tags=[tag],
+            tags=with_trace([tag], self.position_trace(position)),
         )
         self.submit_order(order)
         return order
+
+    def close_position(
+        self,
+        position: Position,
+        client_id=None,
+        tags=None,
+        time_in_force=TimeInForce.GTC,
+        reduce_only=True,
+        quote_quantity=False,
+        params=None,
+    ) -> None:
+        """Nautilus' close (`market_exit`, the flatten on stop, goes through it): with the position's trace."""
+        tags = with_trace(list(tags or []), self.position_trace(position))
+        super().close_position(
+            position, client_id, tags or None, time_in_force, reduce_only, quote_quantity, params
+        )
 
     def go_to(self, instrument_id: InstrumentId, want: PositionSide, price: float) -> None:
         """Hold `want` (LONG, SHORT or FLAT) in the instrument: close the other side first, then enter."""
@@ -604,7 +665,14 @@ class QTStrategy(Strategy):
 
     # ---- position events: Exit Brain first, then the liquidation guard ------------------------------
     def on_order_filled(self, event: OrderFilled) -> None:
-        self.guard.answered(self.cache.order(event.client_order_id), "filled")
+        order = self.cache.order(event.client_order_id)
+        self.guard.answered(order, "filled")
+        trace = trace_of(order.tags) if order is not None and is_logging_initialized() else ""
+        if trace:
+            self.log.info(
+                f"trace_id={trace} fill {role_of(order.tags)} {event.order_side.name} {event.last_qty} "
+                f"{event.instrument_id} @ {event.last_px} {event.client_order_id} position={event.position_id}"
+            )
         if self.exit_brain is not None:
             self.exit_brain.on_order_filled(event)
 
@@ -671,9 +739,22 @@ class QTStrategy(Strategy):
         self._protect(position)
 
     def on_position_closed(self, event: PositionClosed) -> None:
+        if is_logging_initialized():
+            self._log_closed(event)
         if self.exit_brain is not None:
             self.exit_brain.on_position_closed(event.instrument_id)
         self._cancel_liquidation_order(event.instrument_id)
+
+    def _log_closed(self, event: PositionClosed) -> None:
+        opening = self.cache.order(event.opening_order_id)
+        trace = trace_of(opening.tags) if opening is not None else ""
+        if not trace and self.exit_brain is not None:
+            trace = self.exit_brain.trace_of(event.instrument_id)  # before it forgets the position
+        if trace:
+            self.log.info(
+                f"trace_id={trace} closed {event.instrument_id} (entry {event.entry.name}) {event.position_id} "
+                f"realized_pnl={event.realized_pnl}"
+            )
 
     def _liquidation_price(self, position: Position) -> float:
         lev = self.leverage(position.instrument_id)
@@ -709,7 +790,7 @@ class QTStrategy(Strategy):
             trigger_price=instrument.make_price(price),
             time_in_force=TimeInForce.GTC,
             reduce_only=True,
-            tags=[LIQUIDATION_TAG],
+            tags=with_trace([LIQUIDATION_TAG], self.position_trace(position)),
         )
         self._liquidation_orders[iid] = order
         self.submit_order(order)
@@ -718,3 +799,14 @@ class QTStrategy(Strategy):
         order = self._liquidation_orders.pop(instrument_id, None)
         if order is not None and not order.is_closed:
             self.cancel_order(order)
+
+
+def _describe(order: Order) -> str:
+    """An order for a log line: type, side, quantity, instrument, its price or trigger, client order id."""
+    price = f" @ {order.price}" if order.has_price else ""
+    trigger = f" trigger {order.trigger_price}" if order.has_trigger_price else ""
+    reduce = " reduce-only" if order.is_reduce_only else ""
+    return (
+        f"{order.type_string()} {order.side_string()} {order.quantity} {order.instrument_id}{price}{trigger}"
+        f"{reduce} {order.client_order_id}"
+    )

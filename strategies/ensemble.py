@@ -26,6 +26,7 @@ from collections import deque
 import msgspec
 import numpy as np
 import pandas as pd
+from nautilus_trader.common.component import is_logging_initialized
 from nautilus_trader.model.data import Bar, DataType
 from nautilus_trader.model.enums import OrderSide, PositionSide
 from nautilus_trader.model.events import PositionClosed
@@ -311,20 +312,20 @@ class EnsembleStrategy(QTStrategy):
         if not self.config.allow_short:
             wanted &= direction > 0
         for i in np.flatnonzero(wanted).tolist():
-            self._enter_if_free(
-                batch.instrument_ids[i],
-                int(direction[i]),
-                float(batch.confidence[i]),
-                closes[i],
-                atr_ratios[i],
-            )
+            self._enter_if_free(batch, i, closes[i], atr_ratios[i])
 
-    def _enter_if_free(self, iid: InstrumentId, direction: int, confidence: float, price, atr_ratio) -> None:
+    def _enter_if_free(self, batch: BarCloseSignals, i: int, price, atr_ratio) -> None:
+        iid = batch.instrument_ids[i]
         if self.net_side(iid) != PositionSide.FLAT or self._cooling_down(iid):
             return
         price, atr = float(price), float(atr_ratio) * float(price)
-        side = OrderSide.BUY if direction > 0 else OrderSide.SELL
-        if self.enter(iid, side, price, confidence=confidence, atr=atr):
+        side = OrderSide.BUY if batch.direction[i] > 0 else OrderSide.SELL
+        # The Signal's trace id is born here, for the decisions acted on: none is computed per row.
+        detail = _detail(batch, i) if is_logging_initialized() else ""
+        trace = batch.trace_id(i, self.id)
+        if self.enter(
+            iid, side, price, confidence=float(batch.confidence[i]), atr=atr, trace=trace, detail=detail
+        ):
             self.entries += 1
             self._last_trade_ns[iid] = self.clock.timestamp_ns()
 
@@ -335,6 +336,12 @@ class EnsembleStrategy(QTStrategy):
     def on_position_closed(self, event: PositionClosed) -> None:
         super().on_position_closed(event)
         self._last_trade_ns[event.instrument_id] = event.ts_event
+
+
+def _detail(batch: BarCloseSignals, i: int) -> str:
+    """Row `i`'s vote for the decision's log line."""
+    votes = " ".join(f"{k}={v[i]:.3f}" for k, v in batch.votes.items() if np.isfinite(v[i]))
+    return f"prob_up={batch.prob_up[i]:.3f} forecast={batch.forecast[i]:.6f} votes[{votes}]"
 
 
 def _ohlcv(bars: list[Bar]) -> tuple[np.ndarray, ...]:

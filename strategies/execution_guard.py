@@ -23,6 +23,7 @@ from nautilus_trader.model.enums import OrderType, PositionSide
 from nautilus_trader.model.orders import Order
 
 from quantum_trader.events import RiskEvent
+from quantum_trader.trace import role_of, trace_of
 
 SOURCE = "execution_guard"
 RISK_EVENT_TYPE = DataType(RiskEvent)
@@ -67,6 +68,7 @@ class ExecutionGuard:
         position = self._open_position(iid)
         if position is None:
             return  # nothing left to close (a late reduce-only order for a closed position)
+        trace = trace_of(order.tags)
         used = self._exit_attempts.get(iid, 0)
         limit = self.config.exit_retries
         if used >= limit:
@@ -74,16 +76,17 @@ class ExecutionGuard:
                 f"Exit of {iid} rejected again ({reason}); gave up after {limit} retries: the position is OPEN "
                 "with no resting stop and no close on its way"
             )
-            self.strategy.log.error(text)
-            self._publish("exit_failed", text, str(iid), float(used), float(limit))
+            self.strategy.log.error(f"trace_id={trace} {text}" if trace else text)
+            self._publish("exit_failed", text, str(iid), float(used), float(limit), trace)
             return
         self._exit_attempts[iid] = used + 1
         delay = self.config.exit_retry_seconds
         self.strategy.log.error(
-            f"Exit order {order.client_order_id} of {iid} rejected ({reason}); the position is still open: "
+            (f"trace_id={trace} " if trace else "")
+            + f"Exit order {order.client_order_id} of {iid} rejected ({reason}); the position is still open: "
             f"sending the close again in {delay:g} s (retry {used + 1}/{limit})"
         )
-        tag = next(iter(order.tags or []), "STRATEGY")
+        tag = role_of(order.tags, "STRATEGY")  # the retry gets the position's trace tag again
         self._later(delay, lambda: self._retry_exit(iid, tag))
         self.exit_retries += 1
 
@@ -144,10 +147,12 @@ class ExecutionGuard:
                 return position
         return None
 
-    def _publish(self, code: str, reason: str, symbol: str, value: float, limit: float) -> None:
+    def _publish(
+        self, code: str, reason: str, symbol: str, value: float, limit: float, trace: str = ""
+    ) -> None:
         now = self.strategy.clock.timestamp_ns()
         event = RiskEvent(
             source=SOURCE, action="alert", code=code, reason=reason, symbol=symbol, value=value, limit=limit,
-            ts_event=now, ts_init=now,
+            ts_event=now, ts_init=now, trace_id=trace,
         )  # fmt: skip
         self.strategy.publish_data(RISK_EVENT_TYPE, event)

@@ -44,6 +44,7 @@ from nautilus_trader.model.orders import Order
 from nautilus_trader.model.position import Position
 
 from quantum_trader.events import ExitEvent
+from quantum_trader.trace import with_trace
 from strategies.exit_profile import ExitProfile
 
 EXIT_EVENT_TYPE = DataType(ExitEvent)
@@ -89,6 +90,7 @@ class Managed:
     tp1_done: bool = False
     closing: bool = False
     closing_tag: str = ""
+    trace_id: str = ""  # the entry decision's (quantum_trader/trace.py): every exit order carries it
 
     @property
     def sign(self) -> float:
@@ -113,6 +115,7 @@ class Managed:
             "tp1_done": self.tp1_done,
             "closing": self.closing,
             "closing_tag": self.closing_tag,
+            "trace_id": self.trace_id,
             "roles": roles,
         }
 
@@ -150,6 +153,11 @@ class ExitBrain:
 
     def _register(self, order: Order, tag: str) -> None:
         self._roles.setdefault(order.instrument_id, {})[order.client_order_id.value] = tag
+
+    def trace_of(self, instrument_id: InstrumentId) -> str:
+        """The trace id of the managed position (kept in its record, so it survives a restart)."""
+        managed = self.positions.get(instrument_id)
+        return managed.trace_id if managed is not None else ""
 
     def state_key(self, instrument_id: InstrumentId) -> str:
         return STATE_KEY.format(strategy_id=self.strategy.id, instrument_id=instrument_id)
@@ -211,6 +219,7 @@ class ExitBrain:
             quantity=position.quantity.as_double(),
             guard=self._guard_level_of(position),
             best=entry,
+            trace_id=self.strategy.position_trace(position),
         )
         self.positions[iid] = managed
         stop, tag = self._initial_stop(managed, position)
@@ -394,6 +403,7 @@ class ExitBrain:
             tp1_done=bool(record.get("tp1_done", False)),
             closing=bool(record.get("closing", False)),
             closing_tag=str(record.get("closing_tag", "")),
+            trace_id=str(record.get("trace_id", "")),
         )
         self.positions[iid] = managed
         if managed.closing:
@@ -474,8 +484,9 @@ class ExitBrain:
             )
             # R is unknown: the exit event of this close reports no R multiple (NaN)
             managed = Managed(
-                position.side, entry, math.nan, math.nan, position.ts_opened, position.quantity.as_double()
-            )
+                position.side, entry, math.nan, math.nan, position.ts_opened, position.quantity.as_double(),
+                trace_id=self.strategy.position_trace(position),
+            )  # fmt: skip
             managed.tp_orders = orders  # whatever rests goes with it
             self.positions[iid] = managed
             for order in orders:
@@ -500,6 +511,7 @@ class ExitBrain:
             stop_tag="SL",
             stop_order=stop,
             best=entry,
+            trace_id=self.strategy.position_trace(position),
         )
         limits.sort(key=lambda o: sign * o.price.as_double())
         managed.tp_orders = limits
@@ -621,7 +633,7 @@ class ExitBrain:
             trigger_price=instrument.make_price(price),
             time_in_force=TimeInForce.GTC,
             reduce_only=True,
-            tags=[tag],
+            tags=with_trace([tag], managed.trace_id),
         )
         old = managed.stop_order
         if old is not None and not old.is_closed:
@@ -653,7 +665,7 @@ class ExitBrain:
                 time_in_force=TimeInForce.GTC,
                 post_only=False,
                 reduce_only=True,
-                tags=[f"TP{i + 1}"],
+                tags=with_trace([f"TP{i + 1}"], managed.trace_id),
             )
             managed.tp_orders.append(order)
             self._register(order, f"TP{i + 1}")
@@ -695,7 +707,14 @@ class ExitBrain:
             risk_per_unit=managed.risk_per_unit,
             position_id=str(event.position_id) if event.position_id is not None else "",
             order_id=str(event.client_order_id),
+            trace_id=managed.trace_id,
         )
+        if managed.trace_id:
+            self.strategy.log.info(
+                f"trace_id={managed.trace_id} exit {reason} {exit_event.position_side} {event.last_qty} "
+                f"{event.instrument_id} @ {event.last_px} pnl={exit_event.pnl:.4f} "
+                f"r={exit_event.r_multiple:.3f} {event.client_order_id}"
+            )
         self.strategy.publish_data(EXIT_EVENT_TYPE, exit_event)
 
 

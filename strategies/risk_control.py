@@ -15,6 +15,7 @@ as events and are carried out with the Exit Brain's market exits (reason emergen
 import math
 
 import numpy as np
+from nautilus_trader.common.component import is_logging_initialized
 from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import Bar, DataType
 from nautilus_trader.model.identifiers import ClientId, InstrumentId
@@ -94,20 +95,26 @@ class RiskControl:
 
     # ---- the entry review ----------------------------------------------------------------------------
     def approve(
-        self, instrument_id: InstrumentId, direction: str, confidence: float, price: float, atr_ratio: float
+        self,
+        instrument_id: InstrumentId,
+        direction: str,
+        confidence: float,
+        price: float,
+        atr_ratio: float,
+        trace_id: str = "",
     ) -> Sizing | None:
-        """The sizing of an allowed entry, or None after publishing why it was refused."""
+        """The sizing of an allowed entry, or None after publishing why it was refused (the veto carries the
+        decision's `trace_id`)."""
         symbol = instrument_id.symbol.value
         state = emergency_state(self.strategy.cache)
         if state.tripped:
             self._publish(Veto("emergency_stop", "veto", "halted", f"emergency stop tripped: {state.reason}",
-                               math.nan, math.nan), symbol)  # fmt: skip
+                               math.nan, math.nan), symbol, trace_id)  # fmt: skip
             return None
         equity = self.equity()
         if equity is None or equity <= 0:
-            self._publish(
-                Veto("risk_guard", "veto", "equity", f"no positive equity ({equity})", math.nan, 0.0), symbol
-            )
+            veto = Veto("risk_guard", "veto", "equity", f"no positive equity ({equity})", math.nan, 0.0)
+            self._publish(veto, symbol, trace_id)
             return None
         sizing = position_size(equity, confidence, self.profile, self.strategy.leverage(instrument_id))
         slot = self._slot[instrument_id]
@@ -127,9 +134,9 @@ class RiskControl:
         correlation = max_directional_correlation(self._returns, slot, direction, book.open_notional)
         veto = self.gate.review(intent, book, correlation)
         for alert in self.gate.supervisor.pop_observed():  # observe mode: reported, not enforced
-            self._publish(alert, symbol)
+            self._publish(alert, symbol, trace_id)
         if veto is not None:
-            self._publish(veto, symbol)
+            self._publish(veto, symbol, trace_id)
             return None
         return sizing
 
@@ -164,8 +171,13 @@ class RiskControl:
             open_notional=open_notional,
         )
 
-    def _publish(self, veto: Veto, symbol: str = "") -> None:
-        self.strategy.publish_data(RISK_EVENT_TYPE, veto.to_event(symbol, self.strategy.clock.timestamp_ns()))
+    def _publish(self, veto: Veto, symbol: str = "", trace_id: str = "") -> None:
+        if trace_id and is_logging_initialized():
+            self.strategy.log.info(
+                f"trace_id={trace_id} {veto.action} {veto.source}/{veto.code} {symbol}: {veto.reason}"
+            )
+        event = veto.to_event(symbol, self.strategy.clock.timestamp_ns(), trace_id=trace_id)
+        self.strategy.publish_data(RISK_EVENT_TYPE, event)
 
     # ---- the emergency stop's actions and operator commands -------------------------------------------
     def on_data(self, data: Data) -> None:

@@ -102,6 +102,33 @@ def test_every_scored_bar_is_a_signal_published_on_the_bus_traded_or_not(online)
     assert 0 < strategy.entries <= (signals["confidence"] >= 0.3).sum()
 
 
+def test_the_report_joins_each_traded_signal_to_its_orders_by_trace_id(online, tmp_path):
+    from nautilus_trader.model.identifiers import InstrumentId
+
+    from quantum_trader.trace import trace_id
+
+    write_report(online, tmp_path / "report")
+    strategy = online.strategies[0]
+    signals = pd.read_parquet(tmp_path / "report" / "signals.parquet")
+    traded = signals[signals["trace_id"] != ""]
+    assert len(traded) == strategy.entries > 0  # one signal per entry; the rest carry none
+    assert (traded["direction"] != "FLAT").all()
+    for row in traded.itertuples():  # the id is the Signal's own (strategy, instrument, bar close)
+        close = row.ts_event.value
+        assert row.trace_id == trace_id(strategy.id, InstrumentId.from_str(row.instrument_id), close)
+    orders = pd.read_csv(tmp_path / "report" / "orders.csv")
+    entries = orders[orders["tags"].str.contains("'ENTRY'")]
+    assert sorted(entries["trace_id"]) == sorted(traded["trace_id"])
+    # every order and fill belongs to a traded signal, and each exit carries its position's entry trace
+    assert set(orders["trace_id"]) == set(traded["trace_id"])
+    fills = pd.read_csv(tmp_path / "report" / "fills.csv")
+    exits = pd.read_csv(tmp_path / "report" / "exits.csv")
+    assert set(fills["trace_id"]) <= set(traded["trace_id"]) and set(exits["trace_id"]) <= set(
+        traded["trace_id"]
+    )
+    assert len(exits) > 0
+
+
 def test_symbols_closing_together_are_scored_in_one_batch_after_the_close(online):
     signals = online.signals.frame()
     per_time = signals.groupby("ts_event")["instrument_id"].nunique()

@@ -110,16 +110,20 @@ def test_the_ensemble_trades_live_on_the_fake_exchange_and_its_replay_decides_th
     assert all(set(s["votes"]) == set(KINDS) and None not in s["votes"].values() for s in signals)
 
     # an entry, protected at the fake by a resting reduce-only stop (algo order) and reduce-only take-profits
-    entries = [i for i in intents if i["tags"] == ["ENTRY"] and i["phase"] == "run"]
+    entries = [i for i in intents if i["tags"][0] == "ENTRY" and i["phase"] == "run"]
     assert entries and all(i["bar"] >= first_live for i in entries)
     assert protected is not None, "no stop ever rested at the fake"
     stops = protected["open_algo_orders"]
     assert all(a["orderType"] == "STOP_MARKET" and a["reduceOnly"] in (True, "true") for a in stops), stops
     tps = protected["open_orders"]
     assert tps and all(o["type"] == "LIMIT" and o["reduceOnly"] in (True, "true") for o in tps), tps
-    sl = [i for i in intents if i["tags"] == ["SL"]]
+    sl = [i for i in intents if i["tags"][0] == "SL"]
     assert sl and all(i["reduce_only"] and i["type"] == "STOP_MARKET" and i["trigger_price"] for i in sl)
-    assert {t for i in intents for t in i["tags"]} >= {"ENTRY", "SL", "TP1", "TP2"}
+    assert {i["tags"][0] for i in intents} >= {"ENTRY", "SL", "TP1", "TP2"}
+    # each entry's trace id (its second tag) is carried by the exits of its position
+    traces = {i["tags"][1] for i in entries}
+    assert len(traces) == len(entries) and all(t.startswith("trace:") for t in traces)
+    assert {i["tags"][1] for i in intents if i["tags"][0] in ("SL", "TP1", "TP2")} <= traces
 
     # exits: by the resting orders while the bars were replayed, and the flatten on SIGINT
     exit_fills = [f for f in before_stop["fills"] if f["realizedPnl"] not in ("0", "0.00000000")]

@@ -284,6 +284,8 @@ def test_kill_9_restarts_keep_the_position_its_exits_and_the_emergency_latch(tmp
         rec = record(r)
         assert rec["stop_id"] == algo["clientAlgoId"] and rec["tp_ids"] == [tp["clientOrderId"]]
         assert rec["roles"] == {algo["clientAlgoId"]: "SL", tp["clientOrderId"]: "TP1"}
+        trace = rec["trace_id"]  # the entry decision's trace id (quantum_trader/trace.py) is in the record
+        assert len(trace) == 16 and f"trace_id={trace} fill ENTRY BUY 10.000 {IID}" in node.log()
         previous = ENTRY
 
         for cycle in range(1, CYCLES + 1):
@@ -321,6 +323,7 @@ def test_kill_9_restarts_keep_the_position_its_exits_and_the_emergency_latch(tmp
             after = record(r)
             assert after["stop_id"] == stop_id and after["tp_ids"] == rec_before["tp_ids"]
             assert after["roles"] == rec_before["roles"]
+            assert after["trace_id"] == trace  # the exits sent after the restart still carry it
             if not last:  # a bar: still no entry, and the Exit Brain handles it (its best price moves)
                 mark = session.marked()
                 fake.step()
@@ -356,9 +359,12 @@ def test_kill_9_restarts_keep_the_position_its_exits_and_the_emergency_latch(tmp
         )
         assert len([f for f in state["fills"] if f["side"] == "BUY"]) == 1  # one entry over every restart
         exits = wait_for(lambda: exit_events(r), 5, "the exit event", node)
-        assert [(e["reason"], e["quantity"], e["exit_price"]) for e in exits] == [
-            ("trailing", 10.0, TRAILED_STOP)
+        assert [(e["reason"], e["quantity"], e["exit_price"], e["trace_id"]) for e in exits] == [
+            ("trailing", 10.0, TRAILED_STOP, trace)
         ]
+        # the trailed stop was sent by a restarted node, from the adopted record: it carries the entry's trace
+        trailed_by = [n for n in session.nodes if f"trace_id={trace} submit TRAILING" in n.log()]
+        assert trailed_by and trailed_by[0] is not session.nodes[0]
         node.proc.send_signal(signal.SIGINT)
         assert node.proc.wait(30) == 0, node.log()[-3000:]
         for n, done in enumerate(session.nodes):

@@ -13,6 +13,7 @@ import pytest
 from live.parity import latency, reacts_to_venue, run_parity
 from live.record import bar_close_ns
 from quantum_trader.cli import main as cli_main
+from quantum_trader.trace import trace_of
 from tests.conftest import build_catalog, candles
 from tests.fake_session import KEYS, ROOT, live_session
 
@@ -122,6 +123,10 @@ def test_the_backtest_replay_of_a_session_decides_the_same(ema_session, capsys):
         for line in (run_dir / "parity" / "replay" / "intents.jsonl").read_text().splitlines()
     ]
     assert len(replay) >= 3  # the backtest traded too: the identity is not two empty records
+    # the trace ids are compared with the tags: live and the replay gave every decision the same one
+    live = [json.loads(line) for line in (run_dir / "intents.jsonl").read_text().splitlines()]
+    traces = [trace_of(i["tags"]) for i in live if i["phase"] == "run"]
+    assert all(traces) and traces == [trace_of(i["tags"]) for i in replay][: len(traces)]
 
 
 def test_a_tampered_record_gives_its_first_difference(ema_session, tmp_path):
