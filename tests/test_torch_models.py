@@ -241,6 +241,18 @@ def test_huber_delta_is_used():
     assert losses[0.01] < 0.2 * losses[1.0]
 
 
+@pytest.mark.parametrize("kind", SMALL)
+def test_the_mae_loss_trains_the_trading_model_and_reports_mean_absolute_errors(kind):
+    ws = learnable_set(64)
+    model = make(kind, max_epochs=8, patience=8, loss="mae", batch_size=32, learning_rate=3e-3)
+    report = model.fit(ws, ws)
+    assert report.best_iteration > 0 and report.train_loss[-1] < report.train_loss[0]
+    # MAE is not MSE: one epoch's loss from the zero start is ~ mean |scaled path|, well under its mean square
+    first = make(kind, max_epochs=1, loss="mae", learning_rate=1e-9).fit(ws, ws).train_loss[0]
+    paths = ws.paths() / target_scale(ws.labels)
+    assert first == pytest.approx(np.mean(np.abs(paths)), rel=1e-3)
+
+
 def test_bad_training_options_name_the_field_and_the_allowed_values():
     with pytest.raises(ValueError, match=r"early_stopping must be one of .*'rank_ic'.*got 'ic'"):
         NHiTSModel(early_stopping="ic")

@@ -11,7 +11,26 @@ Architecture, as in the paper:
   * doubly residual stacking: each block sees the series minus the backcasts of the blocks before it, and
     the forecast is the sum of every block's forecast.
 
-Here:
+Two uses:
+  * any series (fit_series / predict_series, ml.models.torch_common): channel-independent as in the
+    paper's multivariate benchmarks, i.e. every channel is a univariate series through the SAME blocks
+    (no exogenous inputs), forecasting its own next `horizon` values; the whole horizon is returned.
+    Reproducing the paper's long-horizon protocol (not measured here; the data cannot be downloaded in
+    this sandbox): standardize each series with its training split's mean/std, then e.g. for horizon 96
+
+        model = NHiTSModel(lookback=5 * 96, horizon=96, n_pool_kernel_size=[2, 2, 1],
+                           n_freq_downsample=[24, 12, 1], n_blocks=1, mlp_units=512, mlp_layers=2,
+                           dropout=0.0, pooling_mode="max", loss="mae", learning_rate=1e-3,
+                           weight_decay=0.0, batch_size=256, grad_clip=None)
+        model.fit_series(train, val)
+        pred = model.predict_series(test_windows)   # (N, 96, channels)
+
+    with the kernels and ratios from the paper's search space for the data set at hand, and score MSE/MAE
+    on the standardized values. The paper trains a fixed number of steps; this loop trains epochs with
+    early stopping on the validation MSE.
+  * the trading model (fit / predict), below.
+
+Trading model:
   * the series that is backcast is `logret_1` (standardized) over the lookback window;
   * the other 48 features are exogenous inputs. Choice: they are pooled *with* the series (the same
     MaxPool1d over the time axis, kernel k_s) and flattened into each block's MLP input, i.e. a block
@@ -90,17 +109,28 @@ def _interpolate(knots: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class NHiTSNet(nn.Module):
-    """(B, L, C) scaled windows, channel `target` the backcast series, the rest exogenous -> (B, H)."""
+    """Trading (`target` an int): (B, L, C) scaled windows, channel `target` the backcast series, the rest
+    exogenous -> (B, H). Series (`targets` a list): every channel is a univariate series through the same
+    blocks, no exogenous inputs (channel-independent) -> (B, H, len(targets)), those channels' forecasts."""
 
-    def __init__(self, blocks: list[NHiTSBlock], target: int):
+    def __init__(self, blocks: list[NHiTSBlock], target: int | None = None, targets: list[int] | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.target = target
+        self.targets = None if targets is None else list(targets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, 2)  # (B, C, L): pooling runs over time
-        residual = x[:, self.target]
+        if self.targets is not None:
+            b = x.shape[0]
+            x = x[:, self.targets]  # a channel's forecast reads only its own history
+            f = self._stack(x.flatten(0, 1), x.new_zeros(b * len(self.targets), 0, x.shape[-1]))
+            return f.view(b, len(self.targets), -1).transpose(1, 2)
         exog = torch.cat([x[:, : self.target], x[:, self.target + 1 :]], dim=1)
+        return self._stack(x[:, self.target], exog)
+
+    def _stack(self, residual: torch.Tensor, exog: torch.Tensor) -> torch.Tensor:
+        """Doubly residual stacking: series (N, L), exog (N, E, L) -> forecast (N, H)."""
         forecast = 0
         for block in self.blocks:
             backcast, f = block(residual, exog)
@@ -110,7 +140,8 @@ class NHiTSNet(nn.Module):
 
 
 class NHiTSModel(TorchForecaster):
-    """N-HiTS over all 49 features; the training keywords are documented in ml.models.torch_common."""
+    """N-HiTS over all 49 features (trading) or any series (fit_series); the training keywords are
+    documented in ml.models.torch_common."""
 
     kind = "nhits"
     # The training keywords (ml.models.torch_common) whose N-HiTS default differs from the shared one.
@@ -161,11 +192,12 @@ class NHiTSModel(TorchForecaster):
         }
 
     def build_net(self) -> nn.Module:
+        series = self.series is not None
         blocks = [
             NHiTSBlock(
                 self.lookback,
                 self.horizon,
-                len(self.input_features),
+                1 if series else len(self.input_features),
                 kernel,
                 ratio,
                 self.mlp_units,
@@ -176,4 +208,6 @@ class NHiTSModel(TorchForecaster):
             for kernel, ratio in zip(self.n_pool_kernel_size, self.n_freq_downsample, strict=True)
             for _ in range(self.n_blocks)
         ]
-        return NHiTSNet(blocks, self.input_features.index(TARGET_FEATURE))
+        if series:
+            return NHiTSNet(blocks, targets=self.series["targets"])
+        return NHiTSNet(blocks, target=self.input_features.index(TARGET_FEATURE))

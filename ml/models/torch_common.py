@@ -20,8 +20,8 @@ target-scale units; None = no clipping), so a handful of crash samples cannot do
 Only the *training* targets are clipped: validation and test always score the raw labels (except the
 "clipped_mse" criterion below, which clips the validation label the same way, by design).
 
-Training: AdamW on shuffled mini-batches (numpy rng seeded by `seed`), MSE or Huber (`huber_delta`, in
-target-scale units) loss on the scaled path, gradient-norm clipping, early stopping on a validation
+Training: AdamW on shuffled mini-batches (numpy rng seeded by `seed`), MSE, MAE or Huber (`huber_delta`,
+in target-scale units) loss on the scaled path, gradient-norm clipping, early stopping on a validation
 criterion with `patience`, best weights restored, bounded by `max_epochs` and an optional `max_seconds`
 budget. `early_stopping` picks the criterion, always lower-is-better, and its values per epoch are what
 `FitReport.val_loss` holds:
@@ -46,6 +46,16 @@ Determinism: on CPU two fits with the same seed and thread count give the same w
 kernels are not bit-reproducible; `torch.use_deterministic_algorithms` is not switched on because it is
 process-global state (and on CUDA demands a cuBLAS workspace setting).
 
+Plain series (`fit_series` / `predict_series`): the same loop, scaling, seeding, early stopping and files
+serve the papers' setting. Windows come from a (time, channels) array (ml.models.series.SeriesWindows);
+the target is the next `horizon` values of chosen channels (default all), not a cumulative return. Each
+channel is standardized with the training rows' mean/std (no clipping, target scale 1), the loss ("mse",
+"mae" or "huber") runs over every step and target channel, early stopping watches the validation MSE of
+the same, and predict_series returns (windows, horizon, targets) in the series' own units. Feature-name
+checks apply to the trading path only. Epoch 0 is the network as built: N-HiTS and the mix head start
+from the zero forecast (the training mean, in standardized units), PatchTST's channel-independent head
+keeps the paper's default initialisation.
+
 Files: ``model.pt`` (a state_dict, read back with ``weights_only=True``) and ``model.json`` (kind,
 hyper-parameters, scaler arrays, target scale, feature names). No pickled Python objects.
 """
@@ -69,6 +79,7 @@ from ml.dataset import WindowSet
 from ml.features import FEATURE_NAMES, N_FEATURES
 from ml.metrics import spearman
 from ml.models.base import FitReport, ForecastModel, ModelLoadError, Progress, read_model_json
+from ml.models.series import SeriesWindows
 
 CLIP = 10.0  # standardized feature values beyond this are clipped
 WEIGHTS_FILE = "model.pt"
@@ -77,7 +88,7 @@ FORMAT_VERSION = 1
 PREDICT_CHUNK = 4096  # windows per forward pass at inference: bounds memory, not results
 PAD_ROWS = 16  # inference batches are padded to a multiple of this (see TorchForecaster._forward)
 DEVICES = ("auto", "cpu", "cuda")
-LOSSES = ("mse", "huber")
+LOSSES = ("mse", "huber", "mae")
 TARGET_SCALINGS = ("std", "mad")
 EARLY_STOPPING = ("mse", "clipped_mse", "rank_ic")
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): the MAD of a normal sample times this is its std
@@ -109,32 +120,43 @@ def feature_indices(names: list[str] | tuple[str, ...]) -> list[int]:
 class FeatureScaler:
     """Standardize-then-clip of the raw feature columns a model reads (fitted on training rows only)."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, columns: list[int]):
+    def __init__(self, mean: np.ndarray, std: np.ndarray, columns: list[int], clip: float | None = CLIP):
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
         self.columns = list(columns)
+        self.clip = clip  # None for plain series: the papers standardize without clipping
         # float32 copies of the selected columns: the transform runs on every batch
         self._mu = self.mean[self.columns].astype(np.float32)
         self._sd = self.std[self.columns].astype(np.float32)
 
     @classmethod
     def fit(cls, ws: WindowSet, columns: list[int]) -> FeatureScaler:
-        rows = ws.tabular().astype(np.float64)
+        return cls.fit_rows(ws.tabular(), columns)
+
+    @classmethod
+    def fit_rows(cls, rows: np.ndarray, columns: list[int], clip: float | None = CLIP) -> FeatureScaler:
+        """Per-column mean/std of (rows, columns) values, NaN-safe."""
+        n_cols = rows.shape[1]
+        rows = rows.astype(np.float64)
         rows[~np.isfinite(rows)] = np.nan
         with warnings.catch_warnings():  # an all-NaN column warns; it gets the neutral scale below
             warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(rows, axis=0) if len(rows) else np.zeros(N_FEATURES)
-            std = np.nanstd(rows, axis=0) if len(rows) else np.ones(N_FEATURES)
+            mean = np.nanmean(rows, axis=0) if len(rows) else np.zeros(n_cols)
+            std = np.nanstd(rows, axis=0) if len(rows) else np.ones(n_cols)
         mean = np.where(np.isfinite(mean), mean, 0.0)
         # a constant (or all-NaN) feature keeps unit scale instead of dividing by zero
         std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-        return cls(mean, std, columns)
+        return cls(mean, std, columns, clip)
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
         """(..., N_FEATURES) raw -> (..., len(columns)) float32 standardized, clipped, finite."""
         x = (raw[..., self.columns].astype(np.float32, copy=False) - self._mu) / self._sd
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
-        return np.clip(x, -CLIP, CLIP, out=x)
+        return x if self.clip is None else np.clip(x, -self.clip, self.clip, out=x)
+
+    def inverse(self, y: np.ndarray, columns: list[int]) -> np.ndarray:
+        """Standardized values of `columns` (last axis) -> their original units, float64."""
+        return y * self.std[columns] + self.mean[columns]
 
     def to_json(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -174,6 +196,9 @@ class TorchForecaster(ForecastModel):
     Subclasses give `kind`, the feature columns they read (`input_features`), their architecture
     hyper-parameters (`arch_params`) and `build_net()`.
     """
+
+    # architecture keys a model.json from before they existed lacks: the value it was trained with
+    LEGACY_ARCH: dict = {}
 
     def __init__(
         self,
@@ -230,6 +255,9 @@ class TorchForecaster(ForecastModel):
         self.net: nn.Module | None = None
         self.scaler: FeatureScaler | None = None
         self.target_scale = 1.0
+        # None: the trading model (feature windows -> return). A dict {"n_inputs", "targets"} once
+        # fit_series made this a plain series forecaster (input channels -> target channels' next values)
+        self.series: dict | None = None
 
     # -- what a subclass supplies ------------------------------------------------------------------
 
@@ -244,7 +272,8 @@ class TorchForecaster(ForecastModel):
 
     @abstractmethod
     def build_net(self) -> nn.Module:
-        """A fresh network: (batch, lookback, len(input_features)) -> (batch, horizon)."""
+        """A fresh network. Trading: (batch, lookback, len(input_features)) -> (batch, horizon) scaled
+        return path. Series (self.series set): (batch, lookback, n_inputs) -> (batch, horizon, n_targets)."""
 
     def params(self) -> dict:
         return {
@@ -273,23 +302,70 @@ class TorchForecaster(ForecastModel):
         start = time.perf_counter()
         self._check_dataset(train, "train")
         self._check_dataset(val, "validation")
-        device = resolve_device(self.device)
+        self.series = None
         self.scaler = FeatureScaler.fit(train, feature_indices(self.input_features))
         self.target_scale = target_scale(train.labels, self.target_scaling)
         train_s = self._scaled(train)
         # splits of one pool share the flat feature array: scale it once
         shared = val.features is train.features
         val_s = _with_features(val, train_s.features) if shared else self._scaled(val)
+        return self._fit_scaled(train_s, val_s, progress, start)
+
+    def fit_series(
+        self,
+        train: np.ndarray,
+        val: np.ndarray,
+        *,
+        targets: list[int] | None = None,
+        progress: Progress = None,
+    ) -> FitReport:
+        """Train on a plain multivariate series: `train` and `val` are (time, channels) arrays (any
+        series, not the trading features); each window's input is `lookback` rows of every channel, its
+        target the next `horizon` values of the `targets` columns (default: all). Give `val` its own
+        `lookback` rows of history before its first target (as the papers' loaders do). Each channel is
+        standardized with the training rows' mean/std (not clipped); the loss (`loss`: mse, mae, huber)
+        runs over the whole standardized horizon and early stopping on its validation MSE."""
+        start = time.perf_counter()
+        if self.early_stopping != "mse":
+            raise ValueError(f"{self.kind}: series fits early-stop on 'mse', got {self.early_stopping!r}")
+        train, val = _series_array(train, "train"), _series_array(val, "validation")
+        n_inputs = train.shape[1]
+        if val.shape[1] != n_inputs:
+            raise ValueError(f"{self.kind}: train has {n_inputs} channels, validation {val.shape[1]}")
+        targets = list(range(n_inputs)) if targets is None else [int(t) for t in targets]
+        if not targets or len(set(targets)) != len(targets) or not all(0 <= t < n_inputs for t in targets):
+            raise ValueError(
+                f"{self.kind}: targets must be distinct channels in [0, {n_inputs}), got {targets}"
+            )
+        for s, name in ((train, "train"), (val, "validation")):
+            if len(s) < self.lookback + self.horizon:
+                raise ValueError(
+                    f"{self.kind}: the {name} series needs at least lookback + horizon = "
+                    f"{self.lookback + self.horizon} rows, has {len(s)}"
+                )
+        self.series = {"n_inputs": n_inputs, "targets": targets}
+        self.scaler = FeatureScaler.fit_rows(train, list(range(n_inputs)), clip=None)
+        self.target_scale = 1.0  # the targets are standardized channels already
+        sets = [
+            SeriesWindows(self.scaler.transform(s), self.lookback, self.horizon, targets)
+            for s in (train, val)
+        ]
+        return self._fit_scaled(*sets, progress, start)
+
+    def _fit_scaled(self, train, val, progress: Progress, start: float) -> FitReport:
+        device = resolve_device(self.device)
         with seeded(self.seed, device):
             self.net = self.build_net().to(device)
-            report = self._train(train_s, val_s, device, progress, start)
+            report = self._train(train, val, device, progress, start)
         report.seconds = time.perf_counter() - start
         return report
 
     def _train(self, train: WindowSet, val: WindowSet, device, progress: Progress, start) -> FitReport:
         net = self.net
         opt = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        loss_fn = nn.MSELoss() if self.loss == "mse" else nn.HuberLoss(delta=self.huber_delta)
+        loss_fn = {"mse": nn.MSELoss(), "mae": nn.L1Loss(), "huber": nn.HuberLoss(delta=self.huber_delta)}[
+            self.loss
+        ]
         rng = np.random.default_rng(self.seed)
         deadline = None if self.max_seconds is None else start + self.max_seconds
         report = FitReport(best_iteration=0, device=str(device))
@@ -348,8 +424,14 @@ class TorchForecaster(ForecastModel):
             np.clip(y, -self.target_clip, self.target_clip, out=y)
         return y
 
-    def _val_criterion(self, ws: WindowSet, device) -> float:
+    def _val_criterion(self, ws: WindowSet | SeriesWindows, device) -> float:
         """The early-stopping criterion on an already scaled set, lower is better (module docstring)."""
+        if self.series is not None:  # the MSE over every step of the horizon and every target channel
+            sq = [
+                float(np.sum((self._forward_full(xb, device) - ws.paths(idx)) ** 2))
+                for xb, _, idx in ws.batches(PREDICT_CHUNK, self.lookback)
+            ]
+            return sum(sq) / (len(ws) * self.horizon * len(self.series["targets"]))
         preds = [self._forward(xb, device) for xb, _, _ in ws.batches(PREDICT_CHUNK, self.lookback)]
         pred = np.concatenate(preds) if preds else np.empty(0)
         y = ws.labels / self.target_scale
@@ -362,6 +444,10 @@ class TorchForecaster(ForecastModel):
 
     def _forward(self, x_scaled: np.ndarray, device) -> np.ndarray:
         """Scaled windows -> the scaled label forecast (last path step), float64."""
+        return self._forward_full(x_scaled, device)[:, -1]
+
+    def _forward_full(self, x_scaled: np.ndarray, device) -> np.ndarray:
+        """Scaled windows -> the network's whole scaled output (the horizon), float64."""
         n = len(x_scaled)
         # MKL switches to other kernels (another summation order) for matrices of a few rows; padding
         # the batch to a multiple of PAD_ROWS keeps a window's forecast independent of its batch
@@ -371,7 +457,7 @@ class TorchForecaster(ForecastModel):
         self.net.eval()
         with torch.inference_mode():
             out = self.net(torch.from_numpy(np.ascontiguousarray(x_scaled)).to(device))
-        return out[:n, -1].double().cpu().numpy()
+        return out[:n].double().cpu().numpy()
 
     def _scaled(self, ws: WindowSet) -> WindowSet:
         """The same anchors over scaled feature columns, so batches come out ready for the network."""
@@ -397,6 +483,8 @@ class TorchForecaster(ForecastModel):
     def predict(self, windows: np.ndarray) -> np.ndarray:
         if self.net is None or self.scaler is None:
             raise RuntimeError(f"{self.kind}: predict called before fit or load")
+        if self.series is not None:
+            raise RuntimeError(f"{self.kind}: a series model (fit_series) forecasts with predict_series")
         windows = np.asarray(windows)
         if windows.ndim != 3 or windows.shape[2] != N_FEATURES:
             raise ValueError(
@@ -413,6 +501,26 @@ class TorchForecaster(ForecastModel):
             x = self.scaler.transform(windows[s : s + PREDICT_CHUNK, -self.lookback :])
             out[s : s + PREDICT_CHUNK] = self._forward(x, device)
         return out * self.target_scale
+
+    def predict_series(self, windows: np.ndarray) -> np.ndarray:
+        """(batch, length >= lookback, n_inputs) windows of the raw series -> (batch, horizon, n_targets)
+        float64 forecasts of the target channels' next `horizon` values, in the series' own units."""
+        if self.net is None or self.scaler is None or self.series is None:
+            raise RuntimeError(
+                f"{self.kind}: predict_series needs a model fitted with fit_series (or loaded)"
+            )
+        windows = np.asarray(windows)
+        n_inputs = self.series["n_inputs"]
+        if windows.ndim != 3 or windows.shape[2] != n_inputs or windows.shape[1] < self.lookback:
+            raise ValueError(
+                f"{self.kind}: windows must be (batch, >= {self.lookback}, {n_inputs}), got {windows.shape}"
+            )
+        device = next(self.net.parameters()).device
+        out = np.empty((len(windows), self.horizon, len(self.series["targets"])), dtype=np.float64)
+        for s in range(0, len(windows), PREDICT_CHUNK):
+            x = self.scaler.transform(windows[s : s + PREDICT_CHUNK, -self.lookback :])
+            out[s : s + PREDICT_CHUNK] = self._forward_full(x, device)
+        return self.scaler.inverse(out, self.series["targets"])
 
     # -- save / load -------------------------------------------------------------------------------
 
@@ -434,6 +542,9 @@ class TorchForecaster(ForecastModel):
             "lookback": self.lookback,
             "horizon": self.horizon,
         }
+        if self.series is not None:  # channels by position: no trading feature names apply
+            meta["series"] = dict(self.series)
+            del meta["feature_names"], meta["input_features"]
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
         return [WEIGHTS_FILE, META_FILE]
 
@@ -443,10 +554,16 @@ class TorchForecaster(ForecastModel):
         meta = _read_meta(directory / META_FILE, cls.kind)
         try:
             # keys a model.json from before the training options lacks: the behaviour it was trained with
-            model = cls(**(LEGACY_TRAINING | meta["params"]))
-            model.scaler = FeatureScaler(
-                meta["scaler"]["mean"], meta["scaler"]["std"], feature_indices(model.input_features)
-            )
+            model = cls(**(LEGACY_TRAINING | cls.LEGACY_ARCH | meta["params"]))
+            if "series" in meta:
+                model.series = {
+                    "n_inputs": int(meta["series"]["n_inputs"]),
+                    "targets": [int(t) for t in meta["series"]["targets"]],
+                }
+                columns, clip = list(range(model.series["n_inputs"])), None
+            else:
+                columns, clip = feature_indices(model.input_features), CLIP
+            model.scaler = FeatureScaler(meta["scaler"]["mean"], meta["scaler"]["std"], columns, clip)
             model.target_scale = float(meta["target_scale"])
             device = resolve_device(model.device)
         except (KeyError, TypeError, ValueError) as e:
@@ -457,7 +574,7 @@ class TorchForecaster(ForecastModel):
 
 def _read_meta(path: Path, kind: str) -> dict:
     meta = read_model_json(path, kind)
-    if meta.get("feature_names") != list(FEATURE_NAMES):
+    if "series" not in meta and meta.get("feature_names") != list(FEATURE_NAMES):
         raise ModelLoadError(f"{path.name} in {path.parent}: trained on a different feature set")
     return meta
 
@@ -472,6 +589,15 @@ def _read_weights(path: Path, net: nn.Module, device: torch.device) -> nn.Module
     except Exception as e:  # torch raises many types for a bad archive; all mean the same here
         raise ModelLoadError(f"{path.name} in {path.parent} is corrupt or does not fit the model: {e}") from e
     return net.to(device).eval()
+
+
+def _series_array(series: np.ndarray, name: str) -> np.ndarray:
+    series = np.asarray(series, dtype=np.float32)
+    if series.ndim == 1:  # one channel
+        series = series[:, None]
+    if series.ndim != 2 or series.shape[1] < 1:
+        raise ValueError(f"the {name} series must be (time, channels), got shape {series.shape}")
+    return series
 
 
 def _with_features(ws: WindowSet, features: np.ndarray) -> WindowSet:
