@@ -72,6 +72,7 @@ from quantum_trader.events import (
     OperatorCommand,
     Signal,
 )
+from quantum_trader.trace import trace_of
 
 OPERATOR = "api"
 PERIODS = {"daily": pd.Timedelta(days=1), "weekly": pd.Timedelta(days=7)}
@@ -293,10 +294,16 @@ class ControlApi(Actor):
                     "stop_loss": stop,
                     "take_profits": take_profits,
                     "strategy_id": str(position.strategy_id),
-                    "trace_id": str(position.opening_order_id) if position.opening_order_id else None,
+                    "trace_id": self._trace_of(position),
                 }
             )
         return {"positions": rows}
+
+    def _trace_of(self, position) -> str | None:
+        """The trace id of the decision that opened the position (its entry order's tag); None when the entry
+        order carries none (a position reconciled from the venue after a restart)."""
+        order = self.cache.order(position.opening_order_id) if position.opening_order_id else None
+        return trace_of(order.tags if order is not None else None) or None
 
     def _newest_bar(self, iid):
         for bar_type in self.config.bar_types:

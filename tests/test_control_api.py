@@ -299,6 +299,7 @@ def test_each_command_has_its_effect_on_a_live_node_at_the_fake_exchange(tmp_pat
         assert row["quantity"] == pytest.approx(position(opened)) and row["entry_price"] > 0
         assert row["last_price"] > 0 and row["unrealized_pnl"] is not None
         assert row["stop_loss"] is None and row["take_profits"] == []  # no Exit Brain in this config
+        assert len(row["trace_id"]) == 16 and int(row["trace_id"], 16) >= 0  # the entry decision's trace id
 
         # ESS trip: the risk view shows it latched and entries halted; a closed symbol stays flat while tripped
         api("POST", "/api/ess/trip", {"reason": "drill"}, expect=202)

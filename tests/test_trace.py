@@ -8,7 +8,6 @@ node's JSON log finding the decision, its orders, their fills and the close, wit
 import ast
 import json
 import re
-import time
 
 import numpy as np
 import pandas as pd
@@ -135,7 +134,9 @@ def test_grep_of_a_trace_id_in_the_live_json_log_shows_the_decision_s_whole_life
         session.wait_until(
             lambda st: float(st["positions"].get("BTCUSDT", {}).get("positionAmt", 0)) < 0, "short"
         )
-        time.sleep(0.5)
+        session.wait_for(
+            " fill ENTRY SELL ", timeout=30
+        )  # the node holds the short too, so the flatten closes it
         assert session.stop(timeout=30) == 0, session.output()[-3000:]
     (log_file,) = list(logs.iterdir())
     text = log_file.read_text()
