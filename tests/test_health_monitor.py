@@ -394,7 +394,6 @@ def test_a_live_node_goes_optimal_on_its_first_bars_degraded_when_the_feed_stall
     (the fake closes no bar) makes the data and the roll-up degraded with no bar to evaluate on (the timer), and
     the next kline brings it back; then every websocket drops and the user stream cannot reconnect for a while:
     exchange_ws degraded until it is back."""
-    from tests.conftest import free_port
     from tests.fake_session import live_session
 
     history = 10
@@ -403,8 +402,10 @@ def test_a_live_node_goes_optimal_on_its_first_bars_degraded_when_the_feed_stall
     start = T0 + pd.Timedelta(minutes=5 * history)
     config = yaml.safe_load((ROOT / "configs" / "live" / "fake_exchange.yaml").read_text())
     for actor in config["actors"]:
-        if actor["path"] == "actors.metrics_exporter:MetricsExporter":
-            actor["config"]["port"] = free_port()
+        if "port" in actor.get(
+            "config", {}
+        ):  # the exporter and the control API: free ports, not the example's
+            actor["config"]["port"] = 0
         if actor["path"] == "actors.health_monitor:HealthMonitor":
             actor["config"] |= {"check_seconds": 0.5, "bar_interval_seconds": 3, "data_critical_bars": 100}
     with live_session(tmp_path, tmp_path / "catalog", ["BTCUSDT"], start, config) as session:

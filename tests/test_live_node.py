@@ -402,9 +402,11 @@ def test_qt_live_trades_on_the_fake_exchange_and_flattens_on_sigint(tmp_path):
     config = yaml.safe_load((ROOT / "configs" / "live" / "fake_exchange.yaml").read_text())
     with FakeBinance(tmp_path / "catalog", ["BTCUSDT"], start=start).start_in_thread() as fake:
         config["endpoints"] = {"http": fake.fake.http_url, "ws": fake.fake.ws_url}
-        for actor in config.get("actors", []):  # the metrics exporter: a free port, not the example's 9464
-            if actor["path"] == "actors.metrics_exporter:MetricsExporter":
-                actor.setdefault("config", {})["port"] = free_port()
+        for actor in config.get(
+            "actors", []
+        ):  # the exporter and the control API: free ports, not 9464 / 8080
+            if "port" in actor.get("config", {}):
+                actor["config"]["port"] = 0
         path = tmp_path / "fake_exchange.yaml"
         path.write_text(yaml.safe_dump(config))
         env = os.environ | KEYS | {"PYTHONPATH": str(ROOT)}
