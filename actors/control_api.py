@@ -72,7 +72,7 @@ from quantum_trader.events import (
     OperatorCommand,
     Signal,
 )
-from quantum_trader.trace import trace_of
+from strategies.base import LIQUIDATION_TAG
 
 OPERATOR = "api"
 PERIODS = {"daily": pd.Timedelta(days=1), "weekly": pd.Timedelta(days=7)}
@@ -300,10 +300,13 @@ class ControlApi(Actor):
         return {"positions": rows}
 
     def _trace_of(self, position) -> str | None:
-        """The trace id of the decision that opened the position (its entry order's tag); None when the entry
-        order carries none (a position reconciled from the venue after a restart)."""
-        order = self.cache.order(position.opening_order_id) if position.opening_order_id else None
-        return trace_of(order.tags if order is not None else None) or None
+        """The trace id of the decision that opened the position, as its strategy knows it (the entry order's
+        tag, else the Exit Brain's record); None when nobody knows it."""
+        owner = self._owner(position)
+        return (owner.position_trace(position) or None) if hasattr(owner, "position_trace") else None
+
+    def _owner(self, position):
+        return next((s for s in self.strategies if s.id == position.strategy_id), None)
 
     def _newest_bar(self, iid):
         for bar_type in self.config.bar_types:
@@ -314,20 +317,16 @@ class ControlApi(Actor):
 
     def _exit_levels(self, position) -> tuple[float | None, list[float]]:
         """The Exit Brain's stop and take-profit levels; without it, the position's resting reduce-only exits."""
-        for strategy in self.strategies:
-            brain = getattr(strategy, "exit_brain", None)
-            if strategy.id == position.strategy_id and brain is not None:
-                managed = brain.positions.get(position.instrument_id)
-                if managed is not None:
-                    tps = [
-                        o.price.as_double() for o in managed.tp_orders if o is not None and not o.is_closed
-                    ]
-                    return (managed.stop_price or None), sorted(tps)
+        brain = getattr(self._owner(position), "exit_brain", None)
+        managed = brain.positions.get(position.instrument_id) if brain is not None else None
+        if managed is not None:
+            tps = [o.price.as_double() for o in managed.tp_orders if o is not None and not o.is_closed]
+            return (managed.stop_price or None), sorted(tps)
         stop, tps = None, []
         for order in self.cache.orders_open(
             instrument_id=position.instrument_id, strategy_id=position.strategy_id
         ):
-            if not order.is_reduce_only or "LIQUIDATION" in (order.tags or []):
+            if not order.is_reduce_only or LIQUIDATION_TAG in (order.tags or []):
                 continue
             if order.order_type in (OrderType.STOP_MARKET, OrderType.STOP_LIMIT):
                 stop = order.trigger_price.as_double()

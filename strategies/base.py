@@ -563,10 +563,13 @@ class QTStrategy(Strategy):
         reconciled orders carry no tags) the Exit Brain's persisted record; "" when neither knows it."""
         if position is None:
             return ""
-        opening = self.cache.order(position.opening_order_id)
+        return self._opening_trace(position.opening_order_id, position.instrument_id)
+
+    def _opening_trace(self, opening_order_id, instrument_id: InstrumentId) -> str:
+        opening = self.cache.order(opening_order_id)
         trace = trace_of(opening.tags) if opening is not None else ""
         if not trace and self.exit_brain is not None:
-            trace = self.exit_brain.trace_of(position.instrument_id)
+            trace = self.exit_brain.trace_of(instrument_id)
         return trace
 
     def order_rate_allows(self, orders: int, new_positions: int = 0) -> bool:
@@ -746,10 +749,9 @@ class QTStrategy(Strategy):
         self._cancel_liquidation_order(event.instrument_id)
 
     def _log_closed(self, event: PositionClosed) -> None:
-        opening = self.cache.order(event.opening_order_id)
-        trace = trace_of(opening.tags) if opening is not None else ""
-        if not trace and self.exit_brain is not None:
-            trace = self.exit_brain.trace_of(event.instrument_id)  # before it forgets the position
+        trace = self._opening_trace(
+            event.opening_order_id, event.instrument_id
+        )  # before the Exit Brain forgets
         if trace:
             self.log.info(
                 f"trace_id={trace} closed {event.instrument_id} (entry {event.entry.name}) {event.position_id} "

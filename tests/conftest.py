@@ -117,6 +117,17 @@ def walk_catalog(tmp_path) -> Path:
     return tmp_path / "catalog"
 
 
+def fills_of(engine) -> list[tuple]:
+    """Every fill of a finished backtest as (ts, instrument, side, price, qty), sorted: what an actor that must
+    not change the trading is compared on."""
+    return sorted(
+        (e.ts_event, str(e.instrument_id), str(e.order_side), e.last_px.as_double(), e.last_qty.as_double())
+        for o in engine.cache.orders()
+        for e in o.events
+        if type(e).__name__ == "OrderFilled"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -38,7 +38,7 @@ from actors.health_monitor import (
 from backtests.config import parse_backtest_config
 from backtests.runner import run_backtest
 from quantum_trader.events import HEALTH_LEVELS, BarCloseSignals
-from tests.conftest import build_catalog, candles, random_walk
+from tests.conftest import build_catalog, candles, fills_of, random_walk
 
 NS = 1_000_000_000
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,34 +244,42 @@ class Batches(Actor):
         self.publish_data(DataType(BarCloseSignals), batch)
 
 
-@pytest.fixture(scope="module")
-def backtest(tmp_path_factory):
-    frame = candles(random_walk(200, seed=3))
-    frame = frame.drop(index=[ONE_MISSING, *FIVE_MISSING]).reset_index(drop=True)
-    catalog = build_catalog(tmp_path_factory.mktemp("health") / "catalog", {SYMBOL: frame}).path
+def buy_hold_backtest(catalog, actors: list[dict]):
+    """BuyHold on `catalog` (no funding) with `actors` beside it."""
     cfg = parse_backtest_config(
         {
             "catalog": str(catalog),
             "universe": {"select": "all"},
             "venue": {"funding": False},
             "strategies": [{"path": "strategies.buy_hold:BuyHold"}],
-            "actors": [
-                {
-                    "path": "tests.test_health_monitor:Batches",
-                    "config": {"batches": list(MODEL_BATCHES.items())},
-                },
-                # the stop's own feed watch is pushed out of the way: here it is the health event that trips it
-                {
-                    "path": "actors.emergency_stop:EmergencyStop",
-                    "config": {"risk_profile": {"emergency": {"feed_stale_seconds": 86400}}},
-                },
-                {"path": "actors.health_monitor:HealthMonitor"},
-                {"path": "actors.metrics_exporter:MetricsExporter"},  # no port: its registry only
-            ],
+            "actors": actors,
             "report": {"tearsheet": False},
         }
     )
-    result = run_backtest(cfg, progress=False)
+    return run_backtest(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def backtest(tmp_path_factory):
+    frame = candles(random_walk(200, seed=3))
+    frame = frame.drop(index=[ONE_MISSING, *FIVE_MISSING]).reset_index(drop=True)
+    catalog = build_catalog(tmp_path_factory.mktemp("health") / "catalog", {SYMBOL: frame}).path
+    result = buy_hold_backtest(
+        catalog,
+        [
+            {
+                "path": "tests.test_health_monitor:Batches",
+                "config": {"batches": list(MODEL_BATCHES.items())},
+            },
+            # the stop's own feed watch is pushed out of the way: here it is the health event that trips it
+            {
+                "path": "actors.emergency_stop:EmergencyStop",
+                "config": {"risk_profile": {"emergency": {"feed_stale_seconds": 86400}}},
+            },
+            {"path": "actors.health_monitor:HealthMonitor"},
+            {"path": "actors.metrics_exporter:MetricsExporter"},  # no port: its registry only
+        ],
+    )
     actors = result.engine.trader.actors()
     (monitor,) = [a for a in actors if isinstance(a, HealthMonitor)]
     (ess,) = [a for a in actors if isinstance(a, EmergencyStop)]
@@ -355,19 +363,7 @@ def test_the_monitor_changes_no_fill_of_a_backtest(tmp_path):
                 "report": {"tearsheet": False},
             }
         )
-        engine = run_backtest(cfg, progress=False).engine
-        return sorted(
-            (
-                e.ts_event,
-                str(e.instrument_id),
-                str(e.order_side),
-                e.last_px.as_double(),
-                e.last_qty.as_double(),
-            )
-            for o in engine.cache.orders()
-            for e in o.events
-            if type(e).__name__ == "OrderFilled"
-        )
+        return fills_of(run_backtest(cfg, progress=False).engine)
 
     monitored = fills([{"path": "actors.health_monitor:HealthMonitor"}])
     assert monitored == fills([]) != []
@@ -526,20 +522,13 @@ def test_the_bus_watch_events_are_the_redis_dependency(tmp_path):
             "reason": "silent",
         },
     ]
-    cfg = parse_backtest_config(
-        {
-            "catalog": str(catalog),
-            "universe": {"select": "all"},
-            "venue": {"funding": False},
-            "strategies": [{"path": "strategies.buy_hold:BuyHold"}],
-            "actors": [
-                {"path": "tests.test_emergency_stop:Injector", "config": {"events": events}},
-                {"path": "actors.health_monitor:HealthMonitor"},
-            ],
-            "report": {"tearsheet": False},
-        }
+    result = buy_hold_backtest(
+        catalog,
+        [
+            {"path": "tests.test_emergency_stop:Injector", "config": {"events": events}},
+            {"path": "actors.health_monitor:HealthMonitor"},
+        ],
     )
-    result = run_backtest(cfg, progress=False)
     (monitor,) = [a for a in result.engine.trader.actors() if isinstance(a, HealthMonitor)]
     redis_and_system = [e for e in published(monitor) if e[1] in ("redis", "system")]
     assert redis_and_system[-6:] == [
@@ -563,22 +552,15 @@ def test_a_reset_while_a_dependency_is_still_critical_trips_the_stop_again_and_n
         {"at": f"2025-01-01 {hhmm}:30", "type": "command", "action": "reset", "operator": "ops"}
         for hhmm in ("02:30", "04:00")
     ]
-    cfg = parse_backtest_config(
-        {
-            "catalog": str(catalog),
-            "universe": {"select": "all"},
-            "venue": {"funding": False},
-            "strategies": [{"path": "strategies.buy_hold:BuyHold"}],
-            "actors": [
-                {"path": "tests.test_health_monitor:Batches", "config": {"batches": list(batches.items())}},
-                {"path": "tests.test_emergency_stop:Injector", "config": {"events": resets}},
-                {"path": "actors.emergency_stop:EmergencyStop"},
-                {"path": "actors.health_monitor:HealthMonitor"},
-            ],
-            "report": {"tearsheet": False},
-        }
+    result = buy_hold_backtest(
+        catalog,
+        [
+            {"path": "tests.test_health_monitor:Batches", "config": {"batches": list(batches.items())}},
+            {"path": "tests.test_emergency_stop:Injector", "config": {"events": resets}},
+            {"path": "actors.emergency_stop:EmergencyStop"},
+            {"path": "actors.health_monitor:HealthMonitor"},
+        ],
     )
-    result = run_backtest(cfg, progress=False)
     actors = result.engine.trader.actors()
     (monitor,) = [a for a in actors if isinstance(a, HealthMonitor)]
     (ess,) = [a for a in actors if isinstance(a, EmergencyStop)]

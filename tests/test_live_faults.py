@@ -492,35 +492,32 @@ def test_live_config_sets_the_exec_clients_retries():
 
 
 # ---- the same feed-gap path in a backtest ----------------------------------------------------------------
-def test_a_gap_in_backtest_data_is_detected_and_blocks_entries_for_a_while(tmp_path):
-    """One code path: a backtest's request for the missing bar is answered at once (the catalog has no such
-    bar), so the held bar is played at its own time, and entries on the instrument wait `feed_gap_block_bars`."""
+def fault_probe_backtest(tmp_path, frame: pd.DataFrame, probe: dict):
+    """A day of FaultProbe(`probe`) on AAAUSDT `frame`, from its 200th bar."""
     from backtests.config import parse_backtest_config
     from backtests.runner import run_backtest
-    from tests.conftest import random_walk
 
-    frame = candles(random_walk(300, seed=1)).drop(index=[250]).reset_index(drop=True)
     build_catalog(tmp_path / "catalog", {"AAAUSDT": frame})
     start = pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(minutes=5 * 200)
     config = {
         "catalog": str(tmp_path / "catalog"),
         "universe": {"select": "all"},
         "period": {"start": start.isoformat(), "end": (start + pd.Timedelta(days=1)).isoformat()},
-        "strategies": [
-            {
-                "path": "tests.strategies_for_tests:FaultProbe",
-                # bar 52 is the first after the gap: it and the next 11 refuse entries, bar 64 is allowed again
-                "config": {
-                    "enter_on": [51, 53, 63, 64],
-                    "exit_on": [52],
-                    "atr": 0.5,
-                    "feed_gap_block_bars": 12,
-                },
-            }
-        ],
+        "strategies": [{"path": "tests.strategies_for_tests:FaultProbe", "config": probe}],
         "report": {"tearsheet": False},
     }
-    artifacts = run_backtest(parse_backtest_config(config), progress=False)
+    return run_backtest(parse_backtest_config(config), progress=False)
+
+
+def test_a_gap_in_backtest_data_is_detected_and_blocks_entries_for_a_while(tmp_path):
+    """One code path: a backtest's request for the missing bar is answered at once (the catalog has no such
+    bar), so the held bar is played at its own time, and entries on the instrument wait `feed_gap_block_bars`."""
+    from tests.conftest import random_walk
+
+    frame = candles(random_walk(300, seed=1)).drop(index=[250]).reset_index(drop=True)
+    # bar 52 is the first after the gap: it and the next 11 refuse entries, bar 64 is allowed again
+    probe = {"enter_on": [51, 53, 63, 64], "exit_on": [52], "atr": 0.5, "feed_gap_block_bars": 12}
+    artifacts = fault_probe_backtest(tmp_path, frame, probe)
     strategy = artifacts.strategies[0]
     ((bar_type, before, after, missing),) = strategy.feed_gaps
     assert (bar_type, missing, after - before) == (
@@ -539,30 +536,10 @@ def test_bars_stamped_ahead_of_the_clock_are_not_requested_and_block_entries(tmp
     """A host clock that lags the venue's: the bars after a gap are stamped in this node's future, which
     Nautilus refuses to request (raising inside the data engine would stop the node). The gap is reported,
     nothing is requested, entries on the instrument wait, and the run goes on."""
-    from backtests.config import parse_backtest_config
-    from backtests.runner import run_backtest
     from tests.conftest import random_walk
 
-    build_catalog(tmp_path / "catalog", {"AAAUSDT": candles(random_walk(300, seed=1))})
-    start = pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(minutes=5 * 200)
-    config = {
-        "catalog": str(tmp_path / "catalog"),
-        "universe": {"select": "all"},
-        "period": {"start": start.isoformat(), "end": (start + pd.Timedelta(days=1)).isoformat()},
-        "strategies": [
-            {
-                "path": "tests.strategies_for_tests:FaultProbe",
-                "config": {
-                    "early_bar_on": 40,
-                    "early_bar_steps": 3,
-                    "enter_on": [45],
-                    "feed_gap_block_bars": 12,
-                },
-            }
-        ],
-        "report": {"tearsheet": False},
-    }
-    artifacts = run_backtest(parse_backtest_config(config), progress=False)
+    probe = {"early_bar_on": 40, "early_bar_steps": 3, "enter_on": [45], "feed_gap_block_bars": 12}
+    artifacts = fault_probe_backtest(tmp_path, candles(random_walk(300, seed=1)), probe)
     strategy = artifacts.strategies[0]
     ((_, before, after, missing),) = strategy.feed_gaps
     assert (missing, after - before) == (2, 3 * INTERVAL_NS)

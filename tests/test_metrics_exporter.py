@@ -23,7 +23,7 @@ from actors.metrics_exporter import MetricsExporter, MetricsExporterConfig
 from backtests.config import parse_backtest_config
 from backtests.runner import run_backtest
 from quantum_trader.events import BarCloseSignals, HealthEvent, OperatorCommand
-from tests.conftest import build_catalog, candles, random_walk
+from tests.conftest import build_catalog, candles, fills_of, random_walk
 
 SPEC_METRICS = (
     "qt_trades_total",
@@ -259,21 +259,7 @@ def test_the_exporters_change_no_fill_of_the_backtest(run, catalog):
     result, *_ = run
     without = run_backtest(backtest_config(catalog, exporters=()), progress=False)
 
-    def fills(engine):
-        return sorted(
-            (
-                e.ts_event,
-                str(e.instrument_id),
-                str(e.order_side),
-                e.last_px.as_double(),
-                e.last_qty.as_double(),
-            )
-            for o in engine.cache.orders()
-            for e in o.events
-            if type(e).__name__ == "OrderFilled"
-        )
-
-    assert fills(result.engine) == fills(without.engine) != []
+    assert fills_of(result.engine) == fills_of(without.engine) != []
 
 
 def test_a_taken_port_stops_the_run_with_an_error_naming_host_and_port(tmp_path):
