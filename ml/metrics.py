@@ -32,6 +32,39 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def cross_sectional_ic(
+    pred: np.ndarray, actual: np.ndarray, timestamps: np.ndarray, min_names: int = 3
+) -> dict:
+    """Rank IC computed across symbols at each timestamp, then summarised over time.
+
+    The pooled IC mixes two things: ranking symbols against each other and timing the market as a whole. A
+    long/short book sized by forecast rank only earns the first; this is it. Timestamps with fewer than
+    `min_names` symbols, or no dispersion in forecasts or outcomes, are left out. `t_stat` is the mean over its
+    standard error (the per-timestamp ICs treated as independent; overlapping labels make that optimistic).
+    """
+    frame = pd.DataFrame(
+        {"t": np.asarray(timestamps), "p": np.asarray(pred, float), "a": np.asarray(actual, float)}
+    )
+    frame = frame[np.isfinite(frame["p"]) & np.isfinite(frame["a"])]
+    sizes = frame.groupby("t")["p"].transform("size")
+    frame = frame[sizes >= min_names]
+    ranks = frame.groupby("t")[["p", "a"]].rank()
+    ranks["t"] = frame["t"]
+    per_t = ranks.groupby("t").apply(_rank_corr, include_groups=False).dropna()
+    n = len(per_t)
+    mean = float(per_t.mean()) if n else float("nan")
+    std = float(per_t.std(ddof=1)) if n > 1 else float("nan")
+    t_stat = mean / (std / np.sqrt(n)) if n > 1 and std > 0 else float("nan")
+    return {"mean": mean, "std": std, "t_stat": float(t_stat), "n_timestamps": n}
+
+
+def _rank_corr(group: pd.DataFrame) -> float:
+    p, a = group["p"].to_numpy(), group["a"].to_numpy()
+    if p.std() == 0 or a.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(p, a)[0, 1])
+
+
 def regression_metrics(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     pred = np.asarray(pred, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
