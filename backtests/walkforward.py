@@ -603,18 +603,21 @@ def forecast_frame(signals: pd.DataFrame, fold: Fold, closes: _CloseCache, cfg) 
 
 
 def forecast_metrics(frame: pd.DataFrame) -> dict:
-    from ml.metrics import regression_metrics
+    """Pooled rank IC and directional accuracy of the signals, and beside them the cross-sectional rank IC
+    (symbols ranked against each other at each bar: mean, t-stat, timestamps; ml.metrics.cross_sectional_ic).
+    `realised` is always the raw forward log return, whatever target the models learned: a demeaned model's
+    sign is relative to the average symbol, so its directional accuracy here reads an absolute move."""
+    from ml.metrics import scores
 
     ok = frame[np.isfinite(frame["realised"].astype(float)) & np.isfinite(frame["forecast"].astype(float))]
     if len(ok) < 3:
         return {"signals": int(len(frame)), "scored": int(len(ok)), "rank_ic": float("nan"),
-                "directional_accuracy": float("nan")}  # fmt: skip
-    m = regression_metrics(ok["forecast"].to_numpy(float), ok["realised"].to_numpy(float))
-    return {
-        "signals": int(len(frame)),
-        "scored": int(len(ok)),
-        "rank_ic": m["rank_ic"],
-        "directional_accuracy": m["directional_accuracy"],
+                "directional_accuracy": float("nan"), "cs_ic": float("nan"), "cs_ic_t": float("nan"),
+                "cs_ic_n": 0}  # fmt: skip
+    times = pd.to_datetime(ok["ts_event"], utc=True).astype("int64").to_numpy()
+    m = scores(ok["forecast"].to_numpy(float), ok["realised"].to_numpy(float), times)
+    return {"signals": int(len(frame)), "scored": int(len(ok))} | {
+        k: m[k] for k in ("rank_ic", "directional_accuracy", "cs_ic", "cs_ic_t", "cs_ic_n")
     }
 
 
@@ -649,7 +652,10 @@ def windows_table(results: list[FoldResult]) -> pd.DataFrame:
             "validation_rows": r.train_data["rows"]["validation"],
             "models_voting": len(r.model_ids) - len(r.models_left_out),
             "models_left_out": "; ".join(f"{k}: {why}" for k, why in r.models_left_out.items()),
-            **{k: r.forecast[k] for k in ("signals", "scored", "rank_ic", "directional_accuracy")},
+            **{
+                k: r.forecast[k]
+                for k in ("signals", "scored", "rank_ic", "cs_ic", "cs_ic_t", "directional_accuracy")
+            },
         }
         for name, run in r.runs.items():
             row |= {f"{name}_{k}": v for k, v in run.stats.items()}
@@ -763,8 +769,9 @@ def format_summary(summary: dict) -> str:
         f"test {summary['test_period']['start']} .. {summary['test_period']['end']} "
         f"({summary['test_period']['days']:.1f} days, {len(summary['folds'])} folds)",
         f"forecast: rank IC {_fmt(f['rank_ic'])} pooled, {_fmt(f['rank_ic_mean_of_windows'])} mean of windows "
-        f"(t {_fmt(f['rank_ic_t_stat'], '.2f')}), directional accuracy {_fmt(f['directional_accuracy'])}, "
-        f"{f['scored']} signals",
+        f"(t {_fmt(f['rank_ic_t_stat'], '.2f')}), cross-sectional {_fmt(f['cs_ic'])} "
+        f"(t {_fmt(f['cs_ic_t'], '.2f')}, {f['cs_ic_n']} bars), directional accuracy "
+        f"{_fmt(f['directional_accuracy'])}, {f['scored']} signals",
         f"  {'strategy':<10} {'return':>9} {'sharpe':>7} {'max dd':>8} {'trades':>7} {'fees':>9} {'win wnd':>8}",
     ]
     for name, s in summary["strategies"].items():

@@ -12,6 +12,9 @@ The mapping from forecasts to a decision, calibrated on validation data:
 3. The ensemble's `prob_up` is the weighted mean of those p, weights from config and renormalised over the
    models that are actually loaded and usable: a model that failed to load, or that fails ml.skill's rule
    (constant, or not beating the zero forecast on validation), is left out with a warning, never a crash.
+   The vote is scale-free, so a model trained on a vol-scaled target (ml.dataset.make_target; its unit is
+   its own expected spread, not a log return) votes on the same footing; a demeaned target's vote says
+   "better / worse than the average symbol", still positive for LONG. The target is in meta.json's label.
 4. confidence = |2 * prob_up - 1|, in [0, 1]. direction = LONG above 0.5, SHORT below, FLAT when the
    confidence is under `flat_below`. With every model agreeing at one validation spread, confidence is
    0.68; the default entry threshold 0.70 therefore asks for agreement on a forecast in about the top
@@ -143,7 +146,7 @@ def load_ensemble(
     from ml.registry import ModelRegistry
 
     registry = ModelRegistry(registry_root)
-    members, missing = [], {}
+    members, missing, targets = [], {}, {}
     for ref in refs:
         kind = ref.split(":")[0].split("-")[0]
         try:
@@ -157,6 +160,7 @@ def load_ensemble(
             missing[record.kind] = f"{ref}: weight is 0"
             continue
         training = record.meta.get("training", {})
+        targets[record.kind] = (record.meta.get("label") or {}).get("target", "raw")
         members.append(
             Member(
                 record.kind,
@@ -168,4 +172,6 @@ def load_ensemble(
                 record.meta.get("skill"),
             )
         )
+    if len(set(targets.values())) > 1:  # votes stay comparable (each in its own spread), meanings do not
+        log.warning("ensemble members learned different targets %s: the vote mixes their meanings", targets)
     return Ensemble(members, missing, flat_below)

@@ -12,6 +12,9 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("rmse", "mae", "r2", "directional_accuracy", "rank_ic")
+# Beside the pooled rank IC when the timestamps are known: the per-timestamp cross-sectional rank IC's mean,
+# its t-stat and how many timestamps it averages (cross_sectional_ic).
+CROSS_SECTIONAL = ("cs_ic", "cs_ic_t", "cs_ic_n")
 
 # Beyond these, a 5-minute return forecast is not skill but leakage (a label in the inputs, a shifted
 # timestamp, a split without purge). Honest models on this data sit near r2 0.00-0.02, accuracy 0.50-0.55.
@@ -80,6 +83,18 @@ def regression_metrics(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]
     }
 
 
+def scores(pred: np.ndarray, actual: np.ndarray, timestamps: np.ndarray | None = None) -> dict[str, float]:
+    """regression_metrics, and with the timestamps the CROSS_SECTIONAL ones beside the pooled rank IC.
+
+    A forecast with no spread across symbols (the zero forecast) ranks nothing: its cs_ic is NaN over 0
+    timestamps, which is the honest answer, not 0."""
+    out = regression_metrics(pred, actual)
+    if timestamps is not None:
+        cs = cross_sectional_ic(pred, actual, timestamps)
+        out |= {"cs_ic": cs["mean"], "cs_ic_t": cs["t_stat"], "cs_ic_n": cs["n_timestamps"]}
+    return out
+
+
 def directional_accuracy(pred: np.ndarray, actual: np.ndarray) -> float:
     """Share of the bars that moved whose direction the forecast got right; a forecast of exactly 0 says
     nothing about direction and scores a coin flip (0.5), so the zero baseline scores 0.5."""
@@ -88,10 +103,13 @@ def directional_accuracy(pred: np.ndarray, actual: np.ndarray) -> float:
     return float(hit.mean())
 
 
-def baselines(last_return: np.ndarray, actual: np.ndarray) -> dict[str, dict[str, float]]:
-    """`zero`: no move. `last`: the return of the previous `horizon` bars, repeated (momentum)."""
-    zero = regression_metrics(np.zeros_like(actual, dtype=np.float64), actual)
-    return {"zero": zero, "last": regression_metrics(last_return, actual)}
+def baselines(
+    last_return: np.ndarray, actual: np.ndarray, timestamps: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
+    """`zero`: no move (for a demeaned target: no symbol beats the average). `last`: the return of the
+    previous `horizon` bars, repeated (momentum), given in the target's units by the caller."""
+    zero = scores(np.zeros_like(actual, dtype=np.float64), actual, timestamps)
+    return {"zero": zero, "last": scores(last_return, actual, timestamps)}
 
 
 def ic_by_symbol(
@@ -122,6 +140,8 @@ def check_leakage(name: str, split: str, metrics: dict[str, float], n: int) -> N
 
 
 def metrics_table(results: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
-    """{model: {split: metrics}} -> a frame indexed by (model, split) with the METRICS as columns."""
+    """{model: {split: metrics}} -> a frame indexed by (model, split) with the METRICS as columns, and the
+    CROSS_SECTIONAL ones where they were scored."""
     rows = {(m, s): vals for m, splits in results.items() for s, vals in splits.items()}
-    return pd.DataFrame.from_dict(rows, orient="index")[list(METRICS)]
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    return frame[[c for c in (*METRICS, *CROSS_SECTIONAL) if c in frame.columns or c in METRICS]]

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,9 +22,19 @@ from pydantic import Field
 from tqdm import tqdm
 
 from backtests.config import PeriodConfig, UniverseConfig
-from ml.dataset import SplitConfig, Splits, WindowSet, load_symbol_bars, pool, split_by_time, subsample
+from ml.dataset import (
+    SplitConfig,
+    Splits,
+    WindowSet,
+    load_symbol_bars,
+    make_target,
+    pool,
+    split_by_time,
+    subsample,
+    subsample_timestamps,
+)
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, Member
-from ml.metrics import baselines, check_leakage, ic_by_symbol, metrics_table, regression_metrics
+from ml.metrics import baselines, check_leakage, ic_by_symbol, metrics_table, scores
 from ml.models.base import ForecastModel
 from ml.skill import assess
 from quantum_trader.config import ConfigError, StrictModel, load_config
@@ -38,6 +48,25 @@ class DatasetConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     max_train_rows: int | None = Field(54_000, ge=100, description="null = every training anchor")
     max_eval_rows: int | None = Field(12_000, ge=100, description="per validation / test split")
+    # `rows`: max_eval_rows anchors drawn one by one; `timestamps`: whole timestamps drawn, every symbol kept
+    # at each, so the cross-sectional IC ranks full cross-sections (rows leaves ~rows/timestamps per one).
+    eval_sample: Literal["rows", "timestamps"] = "rows"
+    # The label (ml.dataset.make_target): raw forward log return, vol-scaled and/or cross-sectionally demeaned.
+    target: Literal["raw", "vol_scaled", "demeaned", "vol_scaled_demeaned"] = "raw"
+    vol_window: int = Field(288, ge=2, le=100_000, description="bars of one-bar returns in the vol estimate")
+    vol_floor: float = Field(1e-4, gt=0, lt=1, description="per-bar volatility floor (log-return units)")
+
+    def label(self, interval: str) -> dict:
+        """What a model's forecast means: stored with it in the registry (meta.json `label`)."""
+        out = {
+            "kind": "forward_log_return",
+            "horizon": self.horizon,
+            "interval": interval,
+            "target": self.target,
+        }
+        if self.target.startswith("vol_scaled"):
+            out |= {"vol_window": self.vol_window, "vol_floor": self.vol_floor}
+        return out
 
 
 class ModelSpec(StrictModel):
@@ -74,6 +103,7 @@ class TrainResult:
     ensemble_missing: dict[str, str] = field(default_factory=dict)  # kind -> why it does not vote
     skill: dict[str, dict] = field(default_factory=dict)  # kind -> ml.skill.assess() on validation
     not_promoted: dict[str, str] = field(default_factory=dict)  # kind -> why promote was refused
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> split -> forecast
 
 
 def load_train_config(path) -> TrainConfig:
@@ -90,17 +120,19 @@ def build_splits(cfg: TrainConfig) -> tuple[Splits, dict]:
     start, end = resolve_period(store, cfg, universe)
     bars = load_symbol_bars(cfg.catalog, universe.bar_types, start, end)
     d = cfg.dataset
-    pooled = pool(bars, d.horizon, d.lookback)
+    pooled = make_target(pool(bars, d.horizon, d.lookback), d.target, d.vol_window, d.vol_floor)
     splits = split_by_time(pooled, d.split, interval_seconds(cfg.universe.interval) * 1_000_000_000)
     splits.train = subsample(splits.train, d.max_train_rows, cfg.seed)
-    splits.validation = subsample(splits.validation, d.max_eval_rows, cfg.seed + 1)
-    splits.test = subsample(splits.test, d.max_eval_rows, cfg.seed + 2)
+    evals = subsample if d.eval_sample == "rows" else subsample_timestamps
+    splits.validation = evals(splits.validation, d.max_eval_rows, cfg.seed + 1)
+    splits.test = evals(splits.test, d.max_eval_rows, cfg.seed + 2)
     data = {
         "catalog": str(cfg.catalog),
         "symbols": pooled.symbols,
         "start": str(start),
         "end": str(end),
         "interval": cfg.universe.interval,
+        "target": d.target,
         "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
         "boundaries": {k: str(v) for k, v in splits.boundaries.items()},
     }
@@ -120,17 +152,21 @@ def make_model(kind: str, params: dict, cfg: TrainConfig) -> ForecastModel:
 
 
 def last_return(ws: WindowSet) -> np.ndarray:
-    """The momentum baseline: the log return of the `horizon` bars up to t."""
+    """The momentum baseline: the log return of the `horizon` bars up to t, in the target's units (scaled by
+    the same volatility known at t, demeaned over the same symbols at t: ml.dataset.make_target)."""
+    if ws.last is not None:
+        return ws.last
     return ws.log_close[ws.rows] - ws.log_close[ws.rows - ws.horizon]
 
 
 def evaluate(name: str, pred: dict[str, np.ndarray], splits: Splits) -> dict[str, dict[str, float]]:
+    """Each split's scores against the target, with the cross-sectional rank IC beside the pooled one."""
     out = {}
     for split in ("validation", "test"):
         ws = getattr(splits, split)
         if len(ws) == 0:
             continue
-        m = regression_metrics(pred[split], ws.labels)
+        m = scores(pred[split], ws.labels, ws.times)
         check_leakage(name, split, m, len(ws))
         out[split] = m
     return out
@@ -141,7 +177,7 @@ def baseline_metrics(splits: Splits) -> dict[str, dict[str, dict[str, float]]]:
     for split in ("validation", "test"):
         ws = getattr(splits, split)
         if len(ws):
-            for name, m in baselines(last_return(ws), ws.labels).items():
+            for name, m in baselines(last_return(ws), ws.labels, ws.times).items():
                 out[name][split] = m
     return out
 
@@ -174,11 +210,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
             model,
             metrics=result.metrics[kind],
             data=data,
-            label={
-                "kind": "forward_log_return",
-                "horizon": cfg.dataset.horizon,
-                "interval": cfg.universe.interval,
-            },
+            label=cfg.dataset.label(cfg.universe.interval),
             training={
                 "seconds": report.seconds,
                 "best_iteration": report.best_iteration,
@@ -213,6 +245,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
         result.metrics["ensemble"] = evaluate("ensemble", preds["ensemble"], splits)
         result.ensemble_missing = dict(ensemble.missing)
     result.metrics |= baseline_metrics(splits)
+    result.predictions = preds
     write_train_report(cfg, result, preds, data, out, time.perf_counter() - t0)
     return result
 

@@ -68,6 +68,7 @@ import math
 import time
 import warnings
 from abc import abstractmethod
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -601,9 +602,7 @@ def _series_array(series: np.ndarray, name: str) -> np.ndarray:
 
 
 def _with_features(ws: WindowSet, features: np.ndarray) -> WindowSet:
-    return WindowSet(
-        features, ws.log_close, ws.rows, ws.symbol_idx, ws.times, ws.labels, ws.horizon, ws.symbols
-    )
+    return replace(ws, features=features)  # every other field (the target's paths too) carried over
 
 
 def _clone_state(net: nn.Module) -> dict[str, torch.Tensor]:
