@@ -330,9 +330,10 @@ def plot_predictions(preds: dict, splits: Splits, path: Path) -> None:
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_title(f"{kind} ({split})")
-        ax.set_xlabel("predicted log return")
+        unit = "log return" if ws.target == "raw" else ws.target.replace("_", "-") + " return"
+        ax.set_xlabel(f"predicted {unit}")
         if j == 0:
-            ax.set_ylabel("realised log return")
+            ax.set_ylabel(f"realised {unit}")
         ic = ic_by_symbol(p, ws.labels, ws.symbol_idx, ws.symbols).sort_values()
         axes[1, j].barh(ic.index, ic.to_numpy(), color=np.where(ic.to_numpy() >= 0, "tab:green", "tab:red"))
         axes[1, j].set_xlabel("rank IC by symbol")
