@@ -69,45 +69,73 @@ def return_stats(returns: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def coverage_figure(check: pd.DataFrame, title: str):
-    """From `check_catalog`'s table: per traded-price series, the bars present and the bars missing inside its
-    range, with the gap count and the coverage."""
+def coverage_table(check: pd.DataFrame) -> pd.DataFrame:
+    """Per symbol, from `check_catalog`'s table: the span of its traded-price bars, the bars present and missing
+    inside it, the coverage, the gap count and largest gap, and which other series (mark, funding) it has. A
+    symbol with a mark or funding series but no traded-price bars is listed with 0 bars: it cannot be traded."""
+    frame = check.assign(symbol=check["instrument"].map(symbol_of))
+    bars = frame[frame["kind"] == "ohlcv"].set_index("symbol")
+    rows = []
+    for symbol, series in frame.groupby("symbol"):
+        others = ", ".join(sorted(set(series["kind"]) - {"ohlcv"}))
+        if symbol in bars.index:
+            b = bars.loc[symbol]
+            present, missing = int(b["rows"]), int(b["missing_bars"])
+            first, last, gaps, largest = b["first"], b["last"], int(b["gaps"]), b["largest_gap"]
+        else:
+            present = missing = gaps = 0
+            first = last = largest = None
+        total = present + missing
+        rows.append(
+            {"symbol": symbol, "first": pd.Timestamp(first) if first else pd.NaT,
+             "last": pd.Timestamp(last) if last else pd.NaT, "bars": present, "missing_bars": missing,
+             "coverage": present / total if total else 0.0, "gaps": gaps, "largest_gap": largest, "also": others}
+        )  # fmt: skip
+    return pd.DataFrame(rows).set_index("symbol")
+
+
+def coverage_figure(coverage: pd.DataFrame, title: str):
+    """A line per symbol from its first to its last traded-price bar (listings show as late starts), red where
+    the series has gaps; each label gives the bars and the coverage. Symbols without traded-price bars are
+    named in red."""
+    import matplotlib.dates as mdates
     from matplotlib.figure import Figure
 
-    bars = check[check["kind"] == "ohlcv"].copy()
-    bars["symbol"] = bars["instrument"].map(symbol_of)
-    bars = bars.sort_values("symbol", ascending=False)
-    fig = Figure(figsize=(11, max(2.5, 0.35 * len(bars) + 1.2)))
+    table = coverage.sort_index(ascending=False)
+    fig = Figure(figsize=(11, max(2.5, 0.35 * len(table) + 1.2)))
     ax = fig.subplots()
-    ax.barh(bars["symbol"], bars["rows"], color="#1f77b4", label="bars present")
-    ax.barh(
-        bars["symbol"], bars["missing_bars"], left=bars["rows"], color="#d62728", label="bars missing (gaps)"
-    )
-    for y, row in enumerate(bars.itertuples()):
-        coverage = row.rows / (row.rows + row.missing_bars) if row.rows else 0.0
-        note = (
-            f" {coverage:.2%} ({row.gaps} gaps, largest {row.largest_gap})"
-            if row.gaps
-            else f" {coverage:.0%}"
-        )
-        ax.annotate(note, (row.rows + row.missing_bars, y), va="center", fontsize=8)
-    ax.set_xlabel("bars")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    labels = []
+    for y, (symbol, row) in enumerate(table.iterrows()):
+        if row["bars"] == 0:
+            labels.append(f"{symbol}: no bars ({row['also']} only)")
+            continue
+        ax.plot([row["first"], row["last"]], [y, y], lw=6, color="#d62728" if row["gaps"] else "#1f77b4")
+        gaps = f", {row['gaps']} gaps, largest {row['largest_gap']}" if row["gaps"] else ""
+        labels.append(f"{symbol}  {row['bars']:,} bars, {row['coverage']:.2%}{gaps}")
+    ax.set_yticks(range(len(table)), labels, fontsize=8)
+    for tick, bars in zip(ax.get_yticklabels(), table["bars"], strict=True):
+        tick.set_color("#d62728" if bars == 0 else "black")
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.set_title(title + " (red: gaps or no bars)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
 
 
-def panel_figure(panel: pd.DataFrame, title: str, ylabel: str, every: str | None = "1h"):
-    """A line per column (resampled to the last value of each `every`, so years of 5-minute bars stay light)."""
+def panel_figure(panel: pd.DataFrame, title: str, ylabel: str, every: str | None = "1h", log: bool = False):
+    """A line per column (resampled to the last value of each `every`, so years of 5-minute bars stay light);
+    `log` for prices, whose moves are multiplicative (a 20x run would flatten every other line)."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     shown = panel.resample(every).last() if every and len(panel) else panel
     fig = Figure(figsize=(11, 5))
     ax = fig.subplots()
-    for column in shown:
-        ax.plot(shown.index, shown[column], lw=0.9, label=column)
+    colours = colormaps["tab20" if shown.shape[1] > 10 else "tab10"].colors
+    for i, column in enumerate(shown):
+        ax.plot(shown.index, shown[column], lw=0.9, label=column, color=colours[i % len(colours)])
+    if log:
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -23,6 +23,7 @@ from backtests.analysis import calibration, forward_log_returns, join_outcomes, 
 from backtests.config import parse_backtest_config
 from backtests.report import write_report
 from backtests.runner import run_backtest
+from catalog.explore import coverage_table
 from ml.diagnostics import feature_importance, production_models, registry_history
 from ml.features import FEATURE_NAMES
 from ml.train import TrainConfig, train
@@ -126,7 +127,8 @@ def test_catalog_quality_shows_every_series_prices_funding_and_returns(demo):
         "catalog_quality",
         demo,
         '{"series": check[["instrument", "kind"]].values.tolist(), "closes": list(closes.columns), '
-        '"rows": len(closes), "funding": list(funding.columns), "bars": return_stats(returns)["bars"].to_dict()}',
+        '"rows": len(closes), "funding": list(funding.columns), "bars": return_stats(returns)["bars"].to_dict(), '
+        '"coverage": coverage["coverage"].to_dict()}',
     )
     assert figures(notebook) == 4  # coverage, prices, funding, returns
     assert sorted(seen["series"]) == sorted(
@@ -134,6 +136,7 @@ def test_catalog_quality_shows_every_series_prices_funding_and_returns(demo):
     )
     assert seen["closes"] == SYMBOLS and seen["rows"] == BARS and seen["funding"] == ["AAAUSDT"]
     assert seen["bars"] == dict.fromkeys(SYMBOLS, BARS - 1)  # the first bar of each has no return
+    assert seen["coverage"] == dict.fromkeys(SYMBOLS, 1.0)
 
 
 def test_run_analysis_joins_every_signal_to_its_outcome_and_its_trade(demo):
@@ -271,6 +274,22 @@ def test_the_horizon_comes_from_the_signals_models_and_a_missing_run_is_named(de
         signal_horizon(demo / "models", pd.DataFrame())
     with pytest.raises(FileNotFoundError, match="no backtest report at .*stats.json missing"):
         load_run(tmp_path / "nothing")
+
+
+def test_coverage_counts_missing_bars_and_lists_a_symbol_that_has_no_bars():
+    check = pd.DataFrame(
+        [
+            ["AUSDT-PERP.BINANCE", "ohlcv", 90, "2025-01-01T00:00:00+00:00", "2025-01-01T08:15:00+00:00", 2, 10, "0 days 00:30:00"],
+            ["AUSDT-PERP.BINANCE", "funding", 3, "2025-01-01T00:00:00+00:00", "2025-01-01T16:00:00+00:00", 0, 0, None],
+            ["BUSDT-PERP.BINANCE", "mark", 8, "2025-01-01T00:00:00+00:00", "2025-01-01T07:00:00+00:00", 0, 0, None],
+            ["BUSDT-PERP.BINANCE", "funding", 3, "2025-01-01T00:00:00+00:00", "2025-01-01T16:00:00+00:00", 0, 0, None],
+        ],
+        columns=["instrument", "kind", "rows", "first", "last", "gaps", "missing_bars", "largest_gap"],
+    )  # fmt: skip
+    table = coverage_table(check)
+    assert table.loc["AUSDT", ["bars", "missing_bars", "gaps"]].tolist() == [90, 10, 2]
+    assert table.loc["AUSDT", "coverage"] == pytest.approx(0.9) and table.loc["AUSDT", "also"] == "funding"
+    assert table.loc["BUSDT", "bars"] == 0 and table.loc["BUSDT", "also"] == "funding, mark"
 
 
 def test_gbdt_importances_are_gain_shares_over_the_feature_set(demo):
