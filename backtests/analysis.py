@@ -154,8 +154,8 @@ def calibration(joined: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
 
 
 def calibration_figure(tables: dict[str, pd.DataFrame], title: str):
-    """Hit rate against mean confidence per bin (one line per table, e.g. all calls and the traded ones),
-    beside the calibrated line, over the calls per bin."""
+    """Hit rate against mean confidence per bin (one line per table, e.g. all calls and the traded ones; a
+    marker's area grows with its bin's calls), beside the calibrated line, over the calls per bin."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 6))
@@ -163,8 +163,12 @@ def calibration_figure(tables: dict[str, pd.DataFrame], title: str):
     rate_ax.plot([0, 1], [0.5, 1.0], color="grey", ls="--", lw=1, label="calibrated: (1 + confidence) / 2")
     rate_ax.axhline(0.5, color="black", lw=0.6)
     width = 0.8 / max(len(tables), 1) / 10
+    biggest = max((int(t["count"].max()) for t in tables.values() if len(t)), default=1)
     for i, (name, table) in enumerate(tables.items()):
-        rate_ax.plot(table["confidence"], table["hit_rate"], marker="o", label=name)
+        # a bin of 6 calls swings far more than one of 6,000: the marker's area says how many it holds
+        line = rate_ax.plot(table["confidence"], table["hit_rate"], lw=1, label=name)[0]
+        sizes = 10 + 190 * table["count"] / biggest
+        rate_ax.scatter(table["confidence"], table["hit_rate"], s=sizes, color=line.get_color(), zorder=3)
         count_ax.bar(
             table["confidence"] + (i - (len(tables) - 1) / 2) * width, table["count"], width, label=name
         )
@@ -173,8 +177,9 @@ def calibration_figure(tables: dict[str, pd.DataFrame], title: str):
     rate_ax.legend(loc="upper left")
     rate_ax.grid(alpha=0.3)
     count_ax.set_xlabel("confidence (bin mean)")
-    count_ax.set_ylabel("calls")
-    count_ax.set_xlim(0, 1)
+    count_ax.set_ylabel("calls (log)")
+    count_ax.set_yscale("log")
+    count_ax.set_xlim(0, 1.03)
     count_ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
