@@ -213,15 +213,15 @@ def peak_memory_gib() -> float | None:
     return None
 
 
-def plot_equity(equity: pd.DataFrame, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def equity_figure(equity: pd.DataFrame, title: str):
+    """Equity and balance over drawdown, as a matplotlib Figure made without pyplot: no backend is chosen, so
+    the report saves it headless and a notebook shows it inline (backtests/analysis.py)."""
+    from matplotlib.figure import Figure
 
     eq = equity["equity"]
     dd = eq / eq.cummax() - 1
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, height_ratios=[3, 1])
+    fig = Figure(figsize=(11, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ax1.plot(eq.index, eq.values, color="#1f77b4", lw=1.2, label="equity (mark-to-market)")
     ax1.plot(equity.index, equity["balance"], color="#999999", lw=0.8, label="balance")
     ax1.set_ylabel("USDT")
@@ -232,8 +232,11 @@ def plot_equity(equity: pd.DataFrame, title: str, path: Path) -> None:
     ax2.set_ylabel("drawdown %")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_equity(equity: pd.DataFrame, title: str, path: Path) -> None:
+    equity_figure(equity, title).savefig(path, dpi=110)
 
 
 def signal_stats(signals: pd.DataFrame, strategies: list) -> dict:
@@ -271,13 +274,11 @@ def risk_event_counts(risk: pd.DataFrame) -> dict:
     return {str(k): int(v) for k, v in keys.value_counts().sort_index().items()}
 
 
-def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -> None:
-    import matplotlib
+def exits_figure(table: pd.DataFrame, risk_counts: dict, title: str):
+    """Exit count and PnL by reason (`exits_by_reason`), and the risk events; a Figure made without pyplot."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(12, 8))
+    fig = Figure(figsize=(12, 8))
     grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.2])
     count_ax, pnl_ax, risk_ax = (
         fig.add_subplot(grid[0, 0]),
@@ -302,8 +303,11 @@ def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -> None:
+    exits_figure(table, risk_counts, title).savefig(path, dpi=110)
 
 
 def write_report(run: RunArtifacts, out: Path) -> dict:
