@@ -24,6 +24,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, model_validator
 
+from backtests.config import BacktestConfig
 from backtests.sweep_grid import Point, expand_grid
 from quantum_trader.config import StrictModel, load_config, read_yaml_mapping
 
@@ -79,8 +80,9 @@ def sweep_points(cfg: SweepConfig) -> list[Point]:
         **(base.get("report") or {}),
         "tearsheet": False,
     }  # Nautilus' tearsheet: seconds a point
-    if cfg.catalog:
-        base["catalog"] = cfg.catalog
+    # Absolute, so a worker whose working directory is not the driver's (a cluster node) finds it.
+    catalog = cfg.catalog or base.get("catalog") or BacktestConfig.model_fields["catalog"].default
+    base["catalog"] = str(Path(catalog).resolve())
     if cfg.seed is not None:
         base["seed"] = cfg.seed
     return expand_grid(base, cfg.grid, cfg.max_runs)
@@ -194,7 +196,7 @@ def run_sweep(
         f"{ray_info['nodes']} node(s))"
     )
     try:
-        results = run_on_ray(points, out / "points" if cfg.keep_reports else None, progress)
+        results = run_on_ray(points, out.resolve() / "points" if cfg.keep_reports else None, progress)
     finally:
         if started:
             import ray
@@ -258,9 +260,15 @@ def sweep_summary(
 
 
 def _point_row(row: pd.Series, cfg: SweepConfig) -> dict:
-    return {"point": int(row["point"]), "params": {k: row[k] for k in cfg.grid}} | {
-        k: (None if isinstance(row[k], float) and math.isnan(row[k]) else row[k]) for k in STATS
+    return {"point": int(row["point"]), "params": {k: _plain(row[k]) for k in cfg.grid}} | {
+        k: _plain(row[k]) for k in STATS
     }
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as a plain Python value for JSON and printing: numpy scalars unwrapped, NaN as None."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def params_without_effect(table: pd.DataFrame, params: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ one local Ray (2 CPUs) started for the module, over a small generated catalog wi
 import json
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -280,3 +281,5 @@ def test_the_shipped_sweep_configs_expand(monkeypatch):
     for path in ("configs/sweeps/demo.yaml", "configs/sweeps/ensemble_replay.yaml"):
         points = sweep_points(load_sweep_config(path))
         assert points and all(p.error is None for p in points), path
+        # a worker elsewhere (a cluster node) gets the catalog as an absolute path
+        assert all(Path(p.config["catalog"]).is_absolute() for p in points)
