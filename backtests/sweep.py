@@ -76,10 +76,8 @@ def load_sweep_config(path) -> SweepConfig:
 def sweep_points(cfg: SweepConfig) -> list[Point]:
     """The grid applied to the base config, with the sweep's own overrides (catalog, seed, no tearsheet)."""
     base = read_yaml_mapping(cfg.backtest, "backtest config")
-    base["report"] = {
-        **(base.get("report") or {}),
-        "tearsheet": False,
-    }  # Nautilus' tearsheet: seconds a point
+    # Nautilus' tearsheet costs seconds a point and is not what a sweep compares.
+    base["report"] = {**(base.get("report") or {}), "tearsheet": False}
     # Absolute, so a worker whose working directory is not the driver's (a cluster node) finds it.
     catalog = cfg.catalog or base.get("catalog") or BacktestConfig.model_fields["catalog"].default
     base["catalog"] = str(Path(catalog).resolve())
@@ -92,7 +90,7 @@ def run_point(config: dict, report_dir: str | None) -> dict:
     """One backtest: its stats, `fingerprint`, `wall_seconds`, or `error`. Runs inside a Ray worker; a failure
     is returned, not raised, so the sweep keeps the other points."""
     from backtests.config import parse_backtest_config
-    from backtests.report import write_report
+    from backtests.report import write_report  # the engine is the workers' business, not the driver's
     from backtests.runner import run_backtest
 
     started = time.perf_counter()
