@@ -194,7 +194,14 @@ def replay_catalog(tmp_path_factory):
 
 def sweep_config(root, **fields) -> SweepConfig:
     grid = {"strategies.0.config.entry_threshold": [0.5, 0.9], "exit_profile.stop_r": [0.5, 1.5]}
-    return SweepConfig(name="t", backtest=str(root / "replay.yaml"), grid=grid, keep_reports=False, **fields)
+    return SweepConfig(
+        name="t",
+        backtest=str(root / "replay.yaml"),
+        grid=grid,
+        keep_reports=False,
+        points_per_worker=4,
+        **fields,
+    )  # reused workers: the imports cost more than these small backtests
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +237,12 @@ def test_the_same_config_gives_the_same_table(swept, replay_catalog, tmp_path):
 
 def test_a_failing_point_is_a_row_with_its_error_and_the_rest_still_run(local_ray, replay_catalog, tmp_path):
     cfg = sweep_config(replay_catalog).model_copy(
-        update={"grid": {"strategies.0.config.cooldown_seconds": [0, "soon"]}, "keep_reports": True}
+        # the default: a fresh worker process for every point
+        update={
+            "grid": {"strategies.0.config.cooldown_seconds": [0, "soon"]},
+            "keep_reports": True,
+            "points_per_worker": 1,
+        }
     )
     summary = run_sweep(cfg, tmp_path, progress=False, echo=lambda _: None)
     table = pd.read_csv(tmp_path / "results.csv")
@@ -246,7 +258,9 @@ def test_a_parameter_that_changes_no_trade_is_named(local_ray, replay_catalog, t
     base = yaml.safe_load((replay_catalog / "replay.yaml").read_text()) | {"risk_profile": "aggressive"}
     (tmp_path / "risk.yaml").write_text(yaml.safe_dump(base))
     grid = {"strategies.0.config.entry_threshold": [0.5, 0.9], "risk_profile.entry_confidence": [0.65]}
-    cfg = SweepConfig(name="t", backtest=str(tmp_path / "risk.yaml"), grid=grid, keep_reports=False)
+    cfg = SweepConfig(
+        name="t", backtest=str(tmp_path / "risk.yaml"), grid=grid, keep_reports=False, points_per_worker=4
+    )
     summary = run_sweep(cfg, tmp_path / "out", progress=False, echo=lambda _: None)
     assert summary["no_effect"] == ["strategies.0.config.entry_threshold"]
 
@@ -259,6 +273,7 @@ def test_qt_sweep_prints_the_top_rows_and_writes_the_report(local_ray, replay_ca
                 "name": "cli",
                 "backtest": str(replay_catalog / "replay.yaml"),
                 "keep_reports": False,
+                "points_per_worker": 4,
                 "grid": {"exit_profile.stop_r": [0.5, 1.0]},
                 "objective": "total_return",
             }
