@@ -310,9 +310,10 @@ def plot_exits(table: pd.DataFrame, risk_counts: dict, title: str, path: Path) -
     exits_figure(table, risk_counts, title).savefig(path, dpi=110)
 
 
-def write_report(run: RunArtifacts, out: Path) -> dict:
+def write_report(run: RunArtifacts, out: Path, plots: bool = True) -> dict:
     """Writes the report into `out` and returns its stats; `tearsheet_error` among them says why the tearsheet
-    asked for is missing."""
+    asked for is missing. `plots=False` leaves out equity.png and exits.png (a sweep's points that are not kept:
+    drawing them took as long as the backtest of a small one)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
         (out / name).unlink(missing_ok=True)
@@ -374,9 +375,9 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
         "resolved_period": stats["period"],
     }
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    if len(equity):
+    if plots and len(equity):
         plot_equity(equity, f"{cfg.name}: equity and drawdown", out / "equity.png")
-    if len(exit_table) or risk_counts:
+    if plots and (len(exit_table) or risk_counts):
         plot_exits(exit_table, risk_counts, f"{cfg.name}: exits and risk events", out / "exits.png")
     if cfg.report.tearsheet and (error := _tearsheet(engine, out / "tearsheet.html", cfg.name)):
         stats["tearsheet_error"] = error

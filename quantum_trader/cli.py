@@ -68,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--no-progress", action="store_true")
     wf.set_defaults(func=cmd_walkforward)
 
+    sw = sub.add_parser(
+        "sweep", help="a grid of trading-rule parameters over a backtest config, each point a Ray task"
+    )
+    sw.add_argument("config", type=Path, help="a sweep config (configs/sweeps/)")
+    sw.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
+    sw.add_argument(
+        "--cpus", type=int, help="local Ray's CPUs, one backtest each (default: the config's, or all)"
+    )
+    sw.add_argument("--catalog", type=Path, help="override the backtest config's catalog path")
+    sw.add_argument("--out", type=Path, help="report folder (default runs/sweep-<name>-<time>)")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
+
     lv = sub.add_parser("live", help="run the live (or paper) Binance USDT-M node from a YAML config")
     lv.add_argument("config", type=Path)
     lv.add_argument(
@@ -281,6 +294,39 @@ def cmd_walkforward(args) -> int:
     print(format_summary(result.summary))
     print(f"report: {out}/ (windows.csv, summary.json, equity.png, fold-NN/ with each fold's reports)")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    """Exit codes: 0 every point ran, 1 some points failed (their errors are in results.csv), 2 bad input."""
+    from backtests.sweep import format_top, load_sweep_config, run_sweep
+
+    cfg = load_sweep_config(args.config)
+    if args.cpus is not None and args.cpus < 1:
+        raise ConfigError(f"--cpus must be at least 1, got {args.cpus}")
+    overrides = {
+        "address": args.address,
+        "cpus": args.cpus,
+        "catalog": str(args.catalog) if args.catalog else None,
+    }
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    out = _report_folder(args, f"sweep-{cfg.name}")
+    summary = run_sweep(cfg, out, progress=not args.no_progress)
+    import pandas as pd
+
+    print(format_top(pd.read_csv(out / "results.csv"), cfg))
+    ray, best = summary["ray"], summary["best"]
+    print(f"{summary['points']} points, {summary['failed']} failed, {summary['wall_seconds']:.1f} s on Ray "
+          f"({ray['mode']}, {ray['cpus']} CPUs)")  # fmt: skip
+    if best:
+        print(f"best by {cfg.objective}: point {best['point']} {best['params']}")
+    for path in summary["no_effect"]:
+        print(f"warning: {path} changed no trade at any of its values")
+    print(f"note: {summary['warning']}")
+    print(
+        f"report: {out}/ (results.csv, sweep.png, summary.json"
+        + (", points/NNN/)" if cfg.keep_reports else ")")
+    )
+    return 1 if summary["failed"] else 0
 
 
 def cmd_live(args) -> int:
