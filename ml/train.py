@@ -22,7 +22,17 @@ from pydantic import Field
 from tqdm import tqdm
 
 from backtests.config import PeriodConfig, UniverseConfig
-from ml.dataset import SplitConfig, Splits, WindowSet, load_symbol_bars, pool, split_by_time, subsample
+from ml.dataset import (
+    FEATURE_NAMES,
+    SplitConfig,
+    Splits,
+    WindowSet,
+    load_symbol_bars,
+    pool,
+    split_by_time,
+    subsample,
+)
+from ml.drift import feature_distribution
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, Member
 from ml.metrics import baselines, check_leakage, ic_by_symbol, metrics_table, regression_metrics
 from ml.models.base import ForecastModel
@@ -159,6 +169,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
     result = TrainResult(splits=splits, out=out)
     preds: dict[str, dict[str, np.ndarray]] = {}
     members = []
+    distribution = feature_distribution(
+        splits.train.tabular(), FEATURE_NAMES
+    )  # drift reference (ml/drift.py)
     for kind in KINDS:
         spec = cfg.models.get(kind)
         if spec is None or not spec.enabled:
@@ -189,6 +202,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
                 "seed": cfg.seed,
             },
             skill=skill,
+            feature_distribution=distribution,
         )
         result.model_ids[kind] = record.id
         weight = cfg.weights.get(kind, 0.0)
