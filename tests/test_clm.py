@@ -248,3 +248,57 @@ def test_a_clm_backtest_retrains_shadows_and_decides_with_every_step_in_the_repo
     assert noted & {"promote", "promotion_refused"}
     assert ModelRegistry(root / "models").history() == history_before
     assert json.loads((out / "stats.json").read_text())["model_lifecycle"]["decisions"]
+
+
+# ---- promotion and rollback by command ----------------------------------------------------------------
+def registered_actor(registry_root):
+    """The actor on a bare clock and bus (no engine): enough for its command handling."""
+    from nautilus_trader.cache.cache import Cache
+    from nautilus_trader.common.component import MessageBus, TestClock
+    from nautilus_trader.model.identifiers import TraderId
+    from nautilus_trader.portfolio.portfolio import Portfolio
+
+    from actors.clm import ContinuousLearningActor, ContinuousLearningActorConfig
+
+    clock, cache = TestClock(), Cache()
+    msgbus = MessageBus(TraderId("TESTER-001"), clock)
+    actor = ContinuousLearningActor(ContinuousLearningActorConfig(registry=str(registry_root)))
+    actor.register_base(Portfolio(msgbus, cache, clock), msgbus, cache, clock)
+    return actor
+
+
+def command(action: str, target: str):
+    from quantum_trader.events import OperatorCommand
+
+    return OperatorCommand(action=action, target=target, operator="tester", ts_event=0, ts_init=0)
+
+
+def test_promote_and_rollback_by_command_move_production_and_are_events(lab, tmp_path):
+    import shutil
+
+    root, _ = lab
+    shutil.copytree(root / "models", tmp_path / "models")
+    registry = ModelRegistry(tmp_path / "models")
+    first = registry.production("xgboost")
+    model, record = registry.load(first)
+    meta = record.meta
+    kwargs = {k: meta[k] for k in ("metrics", "data", "label", "training")}
+    second = registry.register(model, skill=meta["skill"], **kwargs).id
+    useless = registry.register(model, skill=NO_SKILL, **kwargs).id
+    actor = registered_actor(tmp_path / "models")
+
+    actor.on_data(command("promote", second))
+    assert registry.production("xgboost") == second
+    actor.on_data(command("promote", useless))  # fails ml.skill's rule: refused, production stays
+    assert registry.production("xgboost") == second
+    actor.on_data(command("rollback", "xgboost"))
+    assert registry.production("xgboost") == first
+
+    got = [(e.action, e.model_id, e.previous_id) for e in actor.events]
+    assert got == [
+        ("promoted", second, first),
+        ("promotion_refused", useless, ""),
+        ("rollback", first, second),
+    ]
+    actions = [e["action"] for e in registry.history("xgboost")]
+    assert actions[-3:] == ["promote", "refuse_promote", "rollback"]
