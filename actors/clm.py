@@ -18,10 +18,12 @@ SPEC section 7. One actor, the same code in a backtest and live; only its config
   `min_shadow_predictions` shared predictions matured: promote when the candidate's IC beats production's
   by more than `promotion_margin` and its validation skill passes ml.skill (the registry refuses it otherwise).
 - Drift (every `drift_every_hours`): PSI of each feature seen since the last check against production's
-  training distribution (ml.drift); the alarm statistic is the largest per-feature PSI, against
-  `drift_threshold`. The default 0.25 is the conventional "large shift" level: SPEC suggests 0.05, but on 5m
-  crypto features a day's sample sits above 0.05 on most features on most days (measured on the 19 real perps,
-  docs/continuous_learning.md), so 0.05 would retrain every day. An alarm retrains when `retrain_on_drift`.
+  training distribution (ml.drift). The alarm statistic (`drift_statistic`) is the mean PSI over the features
+  (default) or the largest one, against `drift_threshold`. Default 0.25 on the mean, not SPEC's 0.05: on the 19
+  real perps (Nov 2025, reference Aug-Oct) the daily mean PSI was 0.07-0.75 and never below 0.05, and the
+  largest per-feature PSI (always a volatility level: atr_14, hv_20, hv_50) 0.38-4.1, so 0.05 on either would
+  alarm every day; 0.25 on the mean alarmed on the high-volatility days only (docs/continuous_learning.md).
+  An alarm retrains when `retrain_on_drift` (and no candidate is in shadow).
 - Every decision is a ModelEvent on the bus (the run's model_events.csv) and the retrains, alarms, refusals,
   promotions and rollbacks also a line in the registry's history. A promotion or rollback makes the
   EnsembleStrategy reload its production models at once (strategies/ensemble.py).
@@ -71,6 +73,7 @@ class ContinuousLearningActorConfig(ActorConfig, frozen=True):
     drift_every_hours: float = 24.0
     performance_every_hours: float = 6.0
     drift_threshold: float = 0.25
+    drift_statistic: str = "mean"  # mean | max: of the per-feature PSI
     retrain_on_drift: bool = True
     min_shadow_predictions: int = 100
     promotion_margin: float = 0.0
@@ -269,17 +272,15 @@ class ContinuousLearningActor(Actor):
         if "reason" in found:
             self._emit("drift_check", kind, model_id, reason=found["reason"])
             return
-        worst, feature = found["max"], found["feature"]
-        text = f"max PSI {worst:.3f} ({feature}), mean {found['mean']:.3f} over {found['rows']} rows"
-        if worst <= self.config.drift_threshold:
-            self._emit(
-                "drift_check", kind, model_id, psi=worst, feature=feature, n=found["rows"], reason=text
-            )
+        statistic, feature = self.config.drift_statistic, found["feature"]
+        value = found[statistic]  # the event's `psi`; `feature` is the one with the largest PSI
+        text = f"mean PSI {found['mean']:.3f}, max {found['max']:.3f} ({feature}) over {found['rows']} rows"
+        fields = {"psi": value, "feature": feature, "n": found["rows"]}
+        if value <= self.config.drift_threshold:
+            self._emit("drift_check", kind, model_id, reason=text, **fields)
             return
-        text += f" > threshold {self.config.drift_threshold:g}"
-        self._emit(
-            "drift_alarm", kind, model_id, psi=worst, feature=feature, n=found["rows"], reason=text, note=True
-        )
+        text += f": {statistic} > threshold {self.config.drift_threshold:g}"
+        self._emit("drift_alarm", kind, model_id, reason=text, note=True, **fields)
         if self.config.retrain_on_drift and self.candidate is None:
             self.retrain("drift alarm")
 
@@ -417,5 +418,7 @@ def _check(cfg: ContinuousLearningActorConfig) -> None:
             raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.min_shadow_predictions < 1:
         raise ValueError(f"min_shadow_predictions must be >= 1, got {cfg.min_shadow_predictions}")
+    if cfg.drift_statistic not in ("mean", "max"):
+        raise ValueError(f"drift_statistic must be 'mean' or 'max', got {cfg.drift_statistic!r}")
     if cfg.training_latency_minutes < 0 or cfg.drift_threshold <= 0:
         raise ValueError("training_latency_minutes must be >= 0 and drift_threshold > 0")

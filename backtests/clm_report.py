@@ -39,7 +39,7 @@ def clm_summary(events: pd.DataFrame, shadow_rows: int) -> dict:
 
 def plot_clm(equity: pd.DataFrame, events: pd.DataFrame, title: str, path: Path) -> None:
     """Equity with the retrains, promotions, refusals and drift alarms marked; below, production's rank IC at
-    each performance check and the largest feature PSI of each drift check."""
+    each performance check and the drift statistic (mean or max feature PSI) of each drift check."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +72,7 @@ def plot_clm(equity: pd.DataFrame, events: pd.DataFrame, title: str, path: Path)
     ic_ax.legend(loc="best", fontsize=7)
     drift = events[events["action"].isin(["drift_check", "drift_alarm"])]
     psi_ax.bar(drift["ts_event"], drift["psi"], width=0.3, color="tab:orange")
-    psi_ax.set_ylabel("max feature PSI")
+    psi_ax.set_ylabel("drift statistic (PSI)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -9,8 +9,8 @@ Index per feature,
 
 with every share floored at PSI_FLOOR so an empty bin does not make it infinite. PSI is 0 for the same
 distribution; the usual reading is < 0.1 stable, 0.1-0.25 a moderate shift, > 0.25 a large one. The alarm
-statistic (actors/clm.py) is the largest per-feature PSI. A model registered before this record existed has
-no reference: its check says so instead of failing.
+statistic (actors/clm.py) is the mean PSI over the features, or the largest one. A model registered before
+this record existed has no reference: its check says so instead of failing.
 """
 
 from __future__ import annotations
