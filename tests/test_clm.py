@@ -216,7 +216,9 @@ def test_a_clm_backtest_retrains_shadows_and_decides_with_every_step_in_the_repo
     root, _ = lab
     history_before = ModelRegistry(root / "models").history()
     out = tmp_path / "run"
-    cfg = with_run_local_registry(parse_backtest_config(clm_backtest_config(root)), out)
+    # a margin of -1 promotes any candidate that passes the skill rule, so the hot swap is exercised
+    config = clm_backtest_config(root, promotion_margin=-1.0)
+    cfg = with_run_local_registry(parse_backtest_config(config), out)
     run = run_backtest(cfg, progress=False)
     stats = write_report(run, out)
 
@@ -226,6 +228,7 @@ def test_a_clm_backtest_retrains_shadows_and_decides_with_every_step_in_the_repo
     assert actions.count("shadow_started") == 2
     decisions = events[events["action"].isin(["promoted", "promotion_refused"])]
     assert sorted(decisions["kind"]) == ["lightgbm", "xgboost"]  # each kind of the candidate was decided
+    assert (decisions["action"] == "promoted").all()
     assert (decisions["n"] >= 30).all() and decisions["ic"].notna().all()
     assert "drift_check" in actions or "drift_alarm" in actions
     assert "performance" in actions
@@ -245,7 +248,8 @@ def test_a_clm_backtest_retrains_shadows_and_decides_with_every_step_in_the_repo
     local = ModelRegistry(out / "registry")
     noted = {e["action"] for e in local.history()}
     assert {"retrain_started", "retrain_done"} <= noted
-    assert noted & {"promote", "promotion_refused"}
+    assert "promote" in noted
+    assert {local.production(k) for k in GBDT} == set(decisions["model_id"])
     assert ModelRegistry(root / "models").history() == history_before
     assert json.loads((out / "stats.json").read_text())["model_lifecycle"]["decisions"]
 
