@@ -20,10 +20,10 @@ SPEC section 7. One actor, the same code in a backtest and live; only its config
 - Drift (every `drift_every_hours`): PSI of each feature seen since the last check against production's
   training distribution (ml.drift). The alarm statistic (`drift_statistic`) is the mean PSI over the features
   (default) or the largest one, against `drift_threshold`. Default 0.25 on the mean, not SPEC's 0.05: on the 19
-  real perps (Nov 2025, reference Aug-Oct) the daily mean PSI was 0.07-0.75 and never below 0.05, and the
-  largest per-feature PSI (always a volatility level: atr_14, hv_20, hv_50) 0.38-4.1, so 0.05 on either would
-  alarm every day; 0.25 on the mean alarmed on the high-volatility days only (docs/continuous_learning.md).
-  An alarm retrains when `retrain_on_drift` (and no candidate is in shadow).
+  real perps (41 daily checks, Nov 2 - Dec 13 2025, reference Aug-Oct) the mean PSI was 0.033-0.753 (median
+  0.124) and above 0.05 on 35 days; the largest per-feature PSI (mostly a volatility level: atr_14, hv_50) was
+  0.17-4.1, above 0.05 every day and above 0.25 on 33. 0.25 on the mean alarmed on 9 of the 41 days
+  (docs/continuous_learning.md). An alarm retrains when `retrain_on_drift` (and no candidate is in shadow).
 - Every decision is a ModelEvent on the bus (the run's model_events.csv) and the retrains, alarms, refusals,
   promotions and rollbacks also a line in the registry's history. A promotion or rollback makes the
   EnsembleStrategy reload its production models at once (strategies/ensemble.py).
