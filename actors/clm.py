@@ -130,7 +130,12 @@ class ContinuousLearningActor(Actor):
         for name in TIMERS:
             if name in self.clock.timer_names:
                 self.clock.cancel_timer(name)
-        self.runner.close()
+        if self.job is not None and not self.job.done():
+            self._emit(
+                "retrain_failed", reason="abandoned: the node stopped while it was training", note=True
+            )
+        self.job = None
+        self.runner.close(abandon=True)
 
     # ---- data --------------------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:

@@ -78,10 +78,17 @@ class RetrainRunner:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         return self._pool.submit(run_retrain, cfg.model_dump(mode="json"), str(out))
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, abandon: bool = False) -> None:
+        """Stop the worker; with `abandon`, a retrain still running is killed rather than waited for (a node
+        that stops must not wait minutes for a model it will not use). The registry writes each version and
+        registry.json atomically, so a killed job leaves no half-written version."""
+        if self._pool is None:
+            return
+        if abandon:
+            for process in list((self._pool._processes or {}).values()):  # no public API stops a running job
+                process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
 
 
 __all__ = ["RetrainRunner", "retrain_config", "run_retrain"]
