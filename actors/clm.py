@@ -242,6 +242,11 @@ class ContinuousLearningActor(Actor):
             self._emit("retrain_failed", reason=result["error"], note=True)
             return
         ids = result["model_ids"]
+        if self.candidate is not None:  # a newer candidate replaces one still waiting for its predictions
+            for member in self.candidate.members:
+                why = "superseded by a newer candidate before enough of its predictions matured"
+                self._emit("promotion_refused", member.kind, member.model_id, reason=why, note=True)
+            self.candidate = None
         for kind, model_id in ids.items():
             skill = result["skill"].get(kind, {})
             self._emit(
