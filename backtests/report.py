@@ -25,13 +25,14 @@ from quantum_trader.trace import trace_of
 from strategies.base import ENTRY_TAG, LIQUIDATION_TAG
 
 DAYS_PER_YEAR = 365
+# Written only by a run with the continuous-learning actor (actors/clm.py).
+CLM_FILES = ("model_events.csv", "shadow_signals.parquet", "clm.png")
 # Every file a report may write. A report first removes these from its folder, so that a file of an earlier
 # run there (the tearsheet of a run that had one) cannot pass for this run's; other files are the user's.
 REPORT_FILES = (
     "orders.csv", "account.csv", "fills.csv", "positions.csv", "equity.csv", "signals.parquet", "funding.csv",
     "exits.csv", "risk_events.csv", "exits_by_reason.csv", "stats.json", "fingerprint.txt", "per_symbol.csv",
-    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt", "model_events.csv",
-    "shadow_signals.parquet", "clm.png",
+    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt", *CLM_FILES,
 )  # fmt: skip
 
 
