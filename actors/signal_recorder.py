@@ -7,6 +7,9 @@ decision, e.g. replayed from the catalog), so what it records is exactly what we
 A run at 100 symbols x 90 days makes 2.6M decisions. Batches are kept as the arrays they arrived in (a single
 Signal as a batch of one), so the recorder holds a few bytes per field instead of millions of Python
 objects that the garbage collector would walk again and again.
+
+Shadow decisions (ShadowSignals, a candidate model's, actors/clm.py) are kept apart: `frame()` is what was
+traded on, `frame(shadow=True)` the shadow's (the report's shadow_signals.parquet); both carry a `shadow` column.
 """
 
 import numpy as np
@@ -17,7 +20,7 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import DataType
 from nautilus_trader.model.identifiers import ClientId
 
-from quantum_trader.events import DIRECTION_CODES, MODEL_KINDS, BarCloseSignals, Signal
+from quantum_trader.events import DIRECTION_CODES, MODEL_KINDS, BarCloseSignals, ShadowSignals, Signal
 
 FIELDS = tuple(name for name in Signal.__annotations__)
 
@@ -30,6 +33,7 @@ class SignalRecorder(Actor):
     def __init__(self, config: SignalRecorderConfig | None = None):
         super().__init__(config or SignalRecorderConfig())
         self._chunks: list[dict[str, np.ndarray]] = []
+        self._shadow_chunks: list[dict[str, np.ndarray]] = []
         self._instrument_codes: dict[object, int] = {}
         self._texts: dict[str, dict[str, int]] = {"model_ids": {}, "features_hash": {}}
 
@@ -37,6 +41,7 @@ class SignalRecorder(Actor):
         client = ClientId(self.config.client_id)
         self.subscribe_data(DataType(BarCloseSignals), client_id=client)
         self.subscribe_data(DataType(Signal), client_id=client)
+        self.subscribe_data(DataType(ShadowSignals), client_id=client)
 
     def on_data(self, data: Data) -> None:
         if isinstance(data, BarCloseSignals):
@@ -59,13 +64,14 @@ class SignalRecorder(Actor):
             "forecast": np.asarray(batch.forecast, dtype=np.float64),
             "model_ids": np.full(n, self._text("model_ids", batch.model_ids), dtype=np.int32),
             "features_hash": np.full(n, self._text("features_hash", batch.features_hash), dtype=np.int32),
+            "shadow": np.full(n, bool(batch.shadow)),
         }
         for kind in MODEL_KINDS:
             values = batch.votes.get(kind)
             chunk[f"vote_{kind}"] = (
                 np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
             )
-        self._chunks.append(chunk)
+        (self._shadow_chunks if batch.shadow else self._chunks).append(chunk)
 
     def _text(self, field: str, value: str) -> int:
         codes = self._texts[field]
@@ -74,12 +80,13 @@ class SignalRecorder(Actor):
     def __len__(self) -> int:
         return sum(len(c["ts_event"]) for c in self._chunks)
 
-    def frame(self) -> pd.DataFrame:
-        if not self._chunks:
+    def frame(self, shadow: bool = False) -> pd.DataFrame:
+        chunks = self._shadow_chunks if shadow else self._chunks
+        if not chunks:
             return pd.DataFrame(
                 {name: pd.Series(dtype="float64") for name in ("ts_event", "ts_init", *FIELDS)}
             )
-        joined = {name: np.concatenate([c[name] for c in self._chunks]) for name in self._chunks[0]}
+        joined = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
         columns = {
             name: pd.to_datetime(pd.Series(joined[name], dtype="int64"), utc=True)
             for name in ("ts_event", "ts_init")
@@ -94,6 +101,8 @@ class SignalRecorder(Actor):
                 labels = pd.Series([DIRECTION_CODES[c] for c in (1, -1, 0)], dtype="str")
                 index = pd.Series(joined[name]).map({1: 0, -1: 1, 0: 2})
                 columns[name] = labels.take(index.to_numpy()).reset_index(drop=True)
+            elif name == "shadow":
+                columns[name] = pd.Series(joined[name], dtype="bool")
             elif name in names:
                 labels = pd.Series(names[name], dtype="str")
                 columns[name] = labels.take(joined[name]).reset_index(drop=True)

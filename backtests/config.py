@@ -106,6 +106,11 @@ class BacktestConfig(ProfileFields):
         1.0, gt=0, description="bars are handed to the engine this many days at a time (bounds memory)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "ERROR"
+    run_local_registry: bool = Field(
+        False,
+        description="components work on a copy of their model registry inside the report folder "
+        "(backtests/sandbox.py): a run that retrains and promotes never changes the user's models",
+    )
 
     @model_validator(mode="after")
     def _spot_is_cash(self):

@@ -17,19 +17,22 @@ import pandas as pd
 import yaml
 from nautilus_trader.model.identifiers import Venue
 
+from backtests.clm_report import clm_summary, plot_clm
 from backtests.runner import RunArtifacts
 from catalog.instruments import VENUE, symbol_of
-from quantum_trader.events import ExitEvent, RiskEvent
+from quantum_trader.events import ExitEvent, ModelEvent, RiskEvent
 from quantum_trader.trace import trace_of
 from strategies.base import ENTRY_TAG, LIQUIDATION_TAG
 
 DAYS_PER_YEAR = 365
+# Written only by a run with the continuous-learning actor (actors/clm.py).
+CLM_FILES = ("model_events.csv", "shadow_signals.parquet", "clm.png")
 # Every file a report may write. A report first removes these from its folder, so that a file of an earlier
 # run there (the tearsheet of a run that had one) cannot pass for this run's; other files are the user's.
 REPORT_FILES = (
     "orders.csv", "account.csv", "fills.csv", "positions.csv", "equity.csv", "signals.parquet", "funding.csv",
     "exits.csv", "risk_events.csv", "exits_by_reason.csv", "stats.json", "fingerprint.txt", "per_symbol.csv",
-    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt",
+    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt", *CLM_FILES,
 )  # fmt: skip
 
 
@@ -342,6 +345,11 @@ def write_report(run: RunArtifacts, out: Path, plots: bool = True) -> dict:
     exit_table = exits_by_reason(exits)
     exit_table.to_csv(out / "exits_by_reason.csv")
     risk_counts = risk_event_counts(risk)
+    model_events = run.events.frame(ModelEvent)
+    shadow = run.signals.frame(shadow=True)
+    if len(model_events) or len(shadow):  # a run with the continuous-learning actor (actors/clm.py)
+        model_events.to_csv(out / "model_events.csv", index=False)
+        shadow.to_parquet(out / "shadow_signals.parquet", index=False)
 
     initial = cfg.venue.starting_balance
     stats = {
@@ -362,6 +370,7 @@ def write_report(run: RunArtifacts, out: Path, plots: bool = True) -> dict:
         **signal_stats(signals, run.strategies),
         "exits_by_reason": exit_table.to_dict(orient="index"),
         "risk_events": risk_counts,
+        **({"model_lifecycle": clm_summary(model_events, len(shadow))} if len(model_events) else {}),
         "fingerprint": fingerprint(fills),
         "wall_seconds": run.wall_seconds,
         "peak_memory_gib": peak_memory_gib(),  # includes the report tables built above
@@ -377,6 +386,8 @@ def write_report(run: RunArtifacts, out: Path, plots: bool = True) -> dict:
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     if plots and len(equity):
         plot_equity(equity, f"{cfg.name}: equity and drawdown", out / "equity.png")
+    if plots and len(model_events):
+        plot_clm(equity, model_events, f"{cfg.name}: continuous learning", out / "clm.png")
     if plots and (len(exit_table) or risk_counts):
         plot_exits(exit_table, risk_counts, f"{cfg.name}: exits and risk events", out / "exits.png")
     if cfg.report.tearsheet and (error := _tearsheet(engine, out / "tearsheet.html", cfg.name)):

@@ -257,6 +257,7 @@ def add_components(
             "liquidation_guard": cfg.venue.liquidation and cfg.universe.market == "futures",
             "maintenance_margin_rate": cfg.venue.maintenance_margin_rate,
             "execution_delay_bars": 1 if cfg.venue.fill_timing == "next_bar_close" else 0,
+            "catalog": cfg.catalog,
         }
         | cfg.profile_injections()
         | (extra_injected or {})

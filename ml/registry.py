@@ -120,11 +120,13 @@ class ModelRegistry:
         label: dict,
         training: dict,
         skill: dict | None = None,
+        feature_distribution: dict | None = None,
     ) -> ModelRecord:
         """Save `model` as a new immutable version and record it; it is not promoted.
 
         `skill` is ml.skill.assess() of its validation forecasts: without it the version can never be
-        promoted nor vote."""
+        promoted nor vote. `feature_distribution` (ml.drift) is the training distribution a drift check
+        compares live features against."""
         kind = model.kind
         kind_dir = self.root / kind
         kind_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +152,7 @@ class ModelRegistry:
                 "versions": _library_versions(kind),
                 "training": training,
                 "skill": skill,
+                "feature_distribution": feature_distribution,
                 "files": files,
                 "checksum": checksum,
             }
@@ -255,6 +258,13 @@ class ModelRegistry:
         self._record("rollback", kind, record.id, current, production=record.id)
         record.production = True
         return record
+
+    def note(self, action: str, kind: str, version_id: str | None = None, **details) -> None:
+        """Append a lifecycle event (a retrain, a drift alarm, a refused promotion...) to the history without
+        touching the production alias: the continuous-learning actor's audit trail (actors/clm.py)."""
+        _check_kind(kind)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._record(action, kind, version_id, self.production(kind), **jsonable(details, nan_as_null=True))
 
     def history(self, kind: str | None = None) -> list[dict]:
         events = self._read_registry()["history"]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from backtests.config import PeriodConfig, UniverseConfig
 from ml.dataset import (
+    FEATURE_NAMES,
     SplitConfig,
     Splits,
     WindowSet,
@@ -33,6 +34,7 @@ from ml.dataset import (
     subsample,
     subsample_timestamps,
 )
+from ml.drift import feature_distribution
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, Member
 from ml.metrics import baselines, check_leakage, ic_by_symbol, metrics_table, scores
 from ml.models.base import ForecastModel
@@ -195,6 +197,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
     result = TrainResult(splits=splits, out=out)
     preds: dict[str, dict[str, np.ndarray]] = {}
     members = []
+    distribution = feature_distribution(splits.train.tabular(), FEATURE_NAMES)  # drift reference, ml/drift.py
     for kind in KINDS:
         spec = cfg.models.get(kind)
         if spec is None or not spec.enabled:
@@ -221,6 +224,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
                 "seed": cfg.seed,
             },
             skill=skill,
+            feature_distribution=distribution,
         )
         result.model_ids[kind] = record.id
         weight = cfg.weights.get(kind, 0.0)

@@ -243,9 +243,11 @@ def cmd_backtest(args) -> int:
     from backtests.config import load_backtest_config
     from backtests.report import write_report
     from backtests.runner import run_backtest
+    from backtests.sandbox import with_run_local_registry
 
     cfg = _with_paths(load_backtest_config(args.config), catalog=args.catalog)
     out = _report_folder(args, cfg.name)
+    cfg = with_run_local_registry(cfg, out)
     run = run_backtest(cfg, progress=not args.no_progress)
     stats = write_report(run, out)
     _print_stats(stats)

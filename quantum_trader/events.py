@@ -39,6 +39,7 @@ class Signal(Data):
     vote_patchtst: float = math.nan
     model_ids: str = ""
     features_hash: str = ""
+    shadow: bool = False  # a shadow candidate's decision (actors/clm.py): recorded, never traded
 
     def votes(self) -> dict[str, float]:
         return {
@@ -84,6 +85,7 @@ class BarCloseSignals(Data):
         votes: dict[str, np.ndarray],
         model_ids: str,
         features_hash: str,
+        shadow: bool = False,
     ):
         self._ts_event = ts_event
         self._ts_init = ts_init
@@ -95,6 +97,7 @@ class BarCloseSignals(Data):
         self.votes = votes
         self.model_ids = model_ids
         self.features_hash = features_hash
+        self.shadow = shadow
 
     @property
     def ts_event(self) -> int:
@@ -118,6 +121,7 @@ class BarCloseSignals(Data):
             votes={kind: np.array([getattr(signal, f"vote_{kind}")]) for kind in MODEL_KINDS},
             model_ids=signal.model_ids,
             features_hash=signal.features_hash,
+            shadow=signal.shadow,
         )
 
     def __len__(self) -> int:
@@ -134,6 +138,7 @@ class BarCloseSignals(Data):
             forecast=float(self.forecast[i]),
             model_ids=self.model_ids,
             features_hash=self.features_hash,
+            shadow=self.shadow,
             **{f"vote_{kind}": float(values[i]) for kind, values in self.votes.items()},
         )
 
@@ -143,6 +148,46 @@ class BarCloseSignals(Data):
     def trace_id(self, i: int, strategy_id) -> str:
         """Row `i`'s trace id (`Signal.trace_id`), computed only for a decision that is acted on."""
         return _trace_id(strategy_id, self.instrument_ids[i], self._ts_event)
+
+
+class ShadowSignals(BarCloseSignals):
+    """The decisions of a shadow candidate (actors/clm.py) about one bar close: BarCloseSignals with
+    `shadow` set, published under their own type so that nothing subscribed to BarCloseSignals (the
+    strategies' consumers, the dashboard, the metrics) ever sees them; only recorders that ask for them."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["shadow"] = True
+        super().__init__(*args, **kwargs)
+
+
+MODEL_ACTIONS = (
+    "retrain_started", "retrain_done", "retrain_failed", "drift_alarm", "drift_check", "performance",
+    "shadow_started", "promoted", "promotion_refused", "rollback",
+)  # fmt: skip
+
+
+@customdataclass
+class ModelEvent(Data):
+    """A model-lifecycle decision of the continuous-learning actor (actors/clm.py).
+
+    `action` one of MODEL_ACTIONS; `kind` the model kind (empty for a retrain of several); `model_id` the
+    version concerned (the candidate), `previous_id` production before it; `ic` / `hit_rate` / `n` the
+    rank IC, hit rate and matured predictions behind a performance check or a promotion decision (the
+    candidate's), `baseline_ic` production's IC on the same rows; `psi` / `feature` the largest PSI of a
+    drift check and its feature; `reason` the sentence a person reads. NaN where a number does not apply.
+    """
+
+    action: str = "performance"
+    kind: str = ""
+    model_id: str = ""
+    previous_id: str = ""
+    ic: float = math.nan
+    baseline_ic: float = math.nan
+    hit_rate: float = math.nan
+    n: int = 0
+    psi: float = math.nan
+    feature: str = ""
+    reason: str = ""
 
 
 EXIT_REASONS = (
@@ -221,8 +266,9 @@ class RiskEvent(Data):
 # trip / reset: the emergency stop; close: a market exit of `symbol` (`*` = every position), reason manual;
 # executor_stop / executor_start: the strategies stop / resume opening positions (exits keep being managed);
 # retrain / promote / demote: the model lifecycle, `target` a model kind or registry id.
+# rollback: the continuous-learning actor puts the previous production version of `target` (a kind) back.
 OPERATOR_ACTIONS = (
-    "trip", "reset", "close", "executor_stop", "executor_start", "retrain", "promote", "demote",
+    "trip", "reset", "close", "executor_stop", "executor_start", "retrain", "promote", "demote", "rollback",
 )  # fmt: skip
 
 
@@ -271,6 +317,7 @@ def bar_close_signals_to_dict(batch: BarCloseSignals) -> dict:
         "votes": {kind: [float(x) for x in values] for kind, values in batch.votes.items()},
         "model_ids": batch.model_ids,
         "features_hash": batch.features_hash,
+        "shadow": bool(batch.shadow),
     }
 
 
@@ -287,6 +334,7 @@ def bar_close_signals_from_dict(d: dict) -> BarCloseSignals:
         votes={kind: floats(values) for kind, values in d["votes"].items()},
         model_ids=d["model_ids"],
         features_hash=d["features_hash"],
+        shadow=bool(d.get("shadow", False)),
     )
 
 

@@ -32,13 +32,15 @@ from nautilus_trader.model.enums import OrderSide, PositionSide
 from nautilus_trader.model.events import PositionClosed
 from nautilus_trader.model.identifiers import InstrumentId
 
-from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, load_ensemble
-from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, N_FEATURES, OnlineFeatures
+from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, load_ensemble
+from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, OnlineFeatures
+from ml.features.windows import FeatureWindows
 from ml.research import SignalTable
-from quantum_trader.events import BarCloseSignals
-from strategies.base import QTStrategy, QTStrategyConfig
+from quantum_trader.events import BarCloseSignals, ModelEvent
+from strategies.base import COMMANDS_CLIENT, QTStrategy, QTStrategyConfig
 
 BAR_CLOSE_SIGNALS_TYPE = DataType(BarCloseSignals)  # built once: published at every bar close
+RELOAD_ACTIONS = ("promoted", "rollback")  # ModelEvents after which the production models changed
 
 
 class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
@@ -150,9 +152,9 @@ class EnsembleStrategy(QTStrategy):
             return
         if self.ensemble.missing:
             self.log.warning(f"Reduced model count: running without {sorted(self.ensemble.missing)}")
-        n, lookback = len(self._ids), self.ensemble.lookback
-        self._windows = np.full((n, lookback, N_FEATURES), np.nan, dtype=np.float32)
-        self._filled = np.zeros(n, dtype=np.int64)  # finite rows in a row at the end of each window
+        self._windows = FeatureWindows(len(self._ids), self.ensemble.lookback)
+        # continuous learning (actors/clm.py): a promotion or rollback reloads the models at once
+        self.subscribe_data(DataType(ModelEvent), client_id=COMMANDS_CLIENT)
 
     # ---- scoring -----------------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
@@ -230,10 +232,10 @@ class EnsembleStrategy(QTStrategy):
 
         Returns each batch with the positions of its rows in this call's `slots`.
         """
-        ready = np.flatnonzero(self._push_rows(slots, rows))
+        ready = np.flatnonzero(self._windows.push(slots, rows))
         if len(ready) == 0:
             return []
-        votes = self.ensemble.vote(self._windows[slots[ready]])
+        votes = self.ensemble.vote(self._windows.windows[slots[ready]])
         now = self.clock.timestamp_ns()
         closes_at = np.fromiter((bars[p].ts_event for p in ready), dtype=np.int64, count=len(ready))
         out = []
@@ -289,14 +291,27 @@ class EnsembleStrategy(QTStrategy):
         self.publish_data(BAR_CLOSE_SIGNALS_TYPE, batch)
         self.signals_published += len(batch)
 
-    def _push_rows(self, slots: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Append each slot's new feature row to its window; True where a full finite window exists."""
-        w = self._windows
-        w[slots, :-1] = w[slots, 1:]
-        w[slots, -1] = rows
-        finite = np.isfinite(rows).all(axis=1)
-        self._filled[slots] = np.where(finite, self._filled[slots] + 1, 0)
-        return self._filled[slots] >= w.shape[1]
+    # ---- model hot swap (continuous learning) ------------------------------------------------------
+    def on_data(self, data) -> None:
+        if isinstance(data, ModelEvent):
+            if data.action in RELOAD_ACTIONS and self.ensemble is not None:
+                self._reload_models(data)
+            return
+        super().on_data(data)
+
+    def _reload_models(self, event: ModelEvent) -> None:
+        """Load the registry's production models again: a promotion or rollback of `event.kind` takes effect
+        from the next bar close, in a backtest as live. A failed reload keeps the models already loaded."""
+        cfg = self.config
+        try:
+            ensemble = load_ensemble(cfg.registry, cfg.models, cfg.weights, cfg.flat_below)
+        except EnsembleError as err:
+            self.log.error(f"Models not reloaded after {event.action} of {event.kind}: {err}")
+            return
+        self.ensemble = ensemble
+        if ensemble.lookback != self._windows.lookback:
+            self._windows.resize(ensemble.lookback)
+        self.log.info(f"Models reloaded after {event.action} of {event.kind}: {ensemble.model_ids}")
 
     # ---- trading -----------------------------------------------------------------------------------
     def _act_on_batch(self, batch: BarCloseSignals, closes: np.ndarray, atr_ratios: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from backtests.report import REPORT_FILES
+from backtests.report import CLM_FILES, REPORT_FILES
 from quantum_trader.cli import main
 
 EXIT_BRAIN_TRADES = {"path": "tests.strategies_for_tests:EnterWithAtr"}
@@ -54,4 +54,4 @@ def test_a_tearsheet_that_fails_is_not_claimed_the_rest_is_written_and_the_run_e
     error = "tearsheet failed: RuntimeError('no plotly')"
     assert f"error: {error}; the rest of the report is written" in printed.err.splitlines()
     assert json.loads((out / "stats.json").read_text())["tearsheet_error"] == error
-    assert files(out) == sorted(set(REPORT_FILES) - {"tearsheet.html", "exits.png"})
+    assert files(out) == sorted(set(REPORT_FILES) - {"tearsheet.html", "exits.png", *CLM_FILES})
