@@ -19,7 +19,7 @@ from nautilus_trader.model.identifiers import Venue
 
 from backtests.runner import RunArtifacts
 from catalog.instruments import VENUE, symbol_of
-from quantum_trader.events import ExitEvent, RiskEvent
+from quantum_trader.events import ExitEvent, RiskEvent, SizingEvent
 from quantum_trader.trace import trace_of
 from strategies.base import ENTRY_TAG, LIQUIDATION_TAG
 
@@ -29,7 +29,7 @@ DAYS_PER_YEAR = 365
 REPORT_FILES = (
     "orders.csv", "account.csv", "fills.csv", "positions.csv", "equity.csv", "signals.parquet", "funding.csv",
     "exits.csv", "risk_events.csv", "exits_by_reason.csv", "stats.json", "fingerprint.txt", "per_symbol.csv",
-    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt",
+    "sizing_events.csv", "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt",
 )  # fmt: skip
 
 
@@ -334,6 +334,9 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     risk = run.events.frame(RiskEvent)
     exits.to_csv(out / "exits.csv", index=False)
     risk.to_csv(out / "risk_events.csv", index=False)
+    sizing = run.events.frame(SizingEvent)
+    if len(sizing):  # only runs with an RL sizer (ml/rl) publish them
+        sizing.to_csv(out / "sizing_events.csv", index=False)
     exit_table = exits_by_reason(exits)
     exit_table.to_csv(out / "exits_by_reason.csv")
     risk_counts = risk_event_counts(risk)
