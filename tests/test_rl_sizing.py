@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from gymnasium.utils.env_checker import check_env
 
 from actors.risk_profile import RiskProfile
 from ml.dataset import SymbolBars
 from ml.models.base import ModelLoadError
+from ml.registry import ModelRegistry
 from ml.research import SignalTable
 from ml.rl.agent import load_agent, save_agent
 from ml.rl.env import RewardConfig, SizingEnv, multiplier, sizing_data
@@ -171,3 +173,107 @@ def test_a_saved_agent_reloads_with_equal_actions_and_a_changed_file_is_refused(
     weights.write_bytes(bytes(blob))
     with pytest.raises(ModelLoadError, match="checksum mismatch for policy.pt"):
         load_agent(tmp_path, version)
+
+
+# ---- the strategy asking a trained agent: `qt rl train --evaluate` on a small synthetic market ----------------
+def strategy_config(root, **extra) -> dict:
+    return {
+        "registry": str(root / "models"),
+        "models": ["xgboost:production", "lightgbm:production"],
+        "weights": {"xgboost": 0.5, "lightgbm": 0.5},
+        "cooldown_seconds": 0,
+        # a low entry threshold, so the tiny market has entries
+        "risk_profile": {"entry_confidence": 0.3, "min_confidence": 0.2, "supervisor": {"mode": "observe"}},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Two small forecast models and their stored signals on a 3-symbol market, an agent trained by `qt rl train`
+    on its first days, and `--evaluate`'s three backtests of the later days."""
+    from backtests.config import parse_backtest_config
+    from backtests.signals import write_backtest_signals
+    from quantum_trader.cli import main
+    from tests.conftest import train_small_ensemble
+
+    root = tmp_path_factory.mktemp("rl")
+    train_small_ensemble(root, kinds=("xgboost", "lightgbm"))
+    backtest = {
+        "name": "rl",
+        "catalog": str(root / "catalog"),
+        "universe": {"select": "all"},
+        "strategies": [{"path": "strategies.ensemble:EnsembleStrategy", "config": strategy_config(root)}],
+        "report": {"tearsheet": False},
+    }
+    write_backtest_signals(parse_backtest_config(backtest), progress=False)
+    backtest["strategies"][0]["config"]["signal_source"] = "catalog"
+    (root / "backtest.yaml").write_text(yaml.safe_dump(backtest))
+    rl = {
+        "name": "tiny",
+        "backtest": str(root / "backtest.yaml"),
+        "train_period": {"start": "2025-01-01", "end": "2025-01-03T12:00"},
+        "eval_period": {"start": "2025-01-03T12:00", "end": "2025-01-05T20:00"},
+        "env": {"episode_steps": 32},
+        "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1, "net_arch": [16, 16], "total_timesteps": 128},
+    }
+    (root / "rl.yaml").write_text(yaml.safe_dump(rl))
+    code = main(
+        ["rl", "train", str(root / "rl.yaml"), "--evaluate", "--out", str(root / "eval"), "--no-progress"]
+    )
+    return root, root / "eval", code
+
+
+def test_qt_rl_train_registers_an_agent_and_evaluate_compares_the_three_runs(evaluated):
+    root, out, code = evaluated
+    assert code == 0
+    agent = load_agent(root / "models", "ppo_sizer:latest")
+    assert agent.bounds == (0.25, 2.0)
+    registry = ModelRegistry(root / "models")
+    assert registry.status(registry.get(agent.id)).status == "healthy"  # `qt models list` shows it sound
+    table = pd.read_csv(out / "comparison.csv", index_col=0)
+    assert list(table.index) == ["rule", "shadow", "active"]
+    assert {"total_return", "sharpe", "max_drawdown"} <= set(table.columns)
+    assert table["trades"].min() > 0
+    assert (out / "comparison.png").stat().st_size > 0
+
+
+def test_shadow_mode_publishes_each_suggestion_and_trades_the_rule_based_size(evaluated):
+    _, out, _ = evaluated
+    assert (out / "shadow" / "fingerprint.txt").read_text() == (out / "rule" / "fingerprint.txt").read_text()
+    events = pd.read_csv(out / "shadow" / "sizing_events.csv")
+    assert len(events) > 0 and (events["mode"] == "shadow").all()
+    assert events["rl_multiplier"].between(0.25, 2.0).all()
+    assert events["trace_id"].str.len().gt(0).all()
+    assert not (out / "rule" / "sizing_events.csv").exists()
+
+
+def test_active_mode_trades_the_margin_the_agent_asked_for(evaluated):
+    _, out, _ = evaluated
+    events = pd.read_csv(out / "active" / "sizing_events.csv")
+    entered = events[events["entered"]]
+    assert len(entered) > 0 and (entered["mode"] == "active").all()
+    fills = pd.read_csv(out / "active" / "fills.csv")
+    entries = fills[fills["tags"].astype(str).str.contains("ENTRY")].drop_duplicates("trace_id")
+    joined = entered.merge(entries, on="trace_id")
+    assert len(joined) == len(entered)
+    margin = joined["filled_qty"] * joined["avg_px"] / 5.0  # venue leverage 5
+    np.testing.assert_allclose(margin, joined["rl_margin"], rtol=2e-3)  # qty rounding and slippage
+    assert (joined["rl_margin"] != joined["rule_margin"]).any()
+
+
+def test_an_rl_sizer_needs_a_risk_profile_and_names_a_bad_field(tmp_path):
+    from quantum_trader.config import ConfigError
+    from strategies.ensemble import EnsembleStrategy, EnsembleStrategyConfig
+
+    def strategy(**config):
+        return EnsembleStrategy(
+            EnsembleStrategyConfig(signal_source="catalog", registry=str(tmp_path), **config)
+        )
+
+    with pytest.raises(ValueError, match="rl_sizer needs a risk_profile"):
+        strategy(rl_sizer={"mode": "shadow"})
+    with pytest.raises(ConfigError, match=r"rl_sizer[\s\S]*mode[\s\S]*'shadow' or 'active'"):
+        strategy(rl_sizer={"mode": "bold"}, risk_profile="moderate")
+    with pytest.raises(ValueError, match="no ppo_sizer agents"):
+        strategy(rl_sizer={"mode": "active"}, risk_profile="moderate")
