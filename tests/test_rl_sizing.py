@@ -219,7 +219,14 @@ def evaluated(tmp_path_factory):
     }
     (root / "rl.yaml").write_text(yaml.safe_dump(rl))
     code = main(
-        ["rl", "train", str(root / "rl.yaml"), "--evaluate", "--out", str(root / "eval"), "--no-progress"]
+        [
+            "rl",
+            "train",
+            str(root / "rl.yaml"),
+            "--evaluate",
+            "--out",
+            str(root / "eval"),
+        ]  # with progress bars
     )
     return root, root / "eval", code
 

@@ -13,6 +13,7 @@ Training never runs in a trading process: the strategy only loads the saved weig
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -187,7 +188,9 @@ def train_agent(cfg: RLConfig, progress: bool = True) -> dict:
         verbose=0,
         policy_kwargs={"net_arch": list(p.net_arch), "activation_fn": _activation(p.activation)},
     )
-    model.learn(total_timesteps=p.total_timesteps, progress_bar=progress)
+    model.learn(
+        total_timesteps=p.total_timesteps, callback=_progress(p.total_timesteps) if progress else None
+    )
     rewards = _episode_rewards(env, model, cfg.seed)
     summary = {
         "opportunities": len(data),
@@ -209,6 +212,25 @@ def train_agent(cfg: RLConfig, progress: bool = True) -> dict:
         },
     )
     return {"id": version, "registry": str(registry), **summary}
+
+
+def _progress(total: int):
+    """A tqdm bar over the timesteps (stable-baselines3's own progress bar needs `rich`, not a dependency)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm import tqdm
+
+    class Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(total=total, desc="PPO", unit="step", file=sys.stderr)
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.training_env.num_envs)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return Progress()
 
 
 def _activation(name: str):
