@@ -11,7 +11,9 @@ in both.
 Every scored bar becomes a `Signal` (see quantum_trader/events.py) published on the bus, traded or not.
 Entry: confidence >= the threshold (the risk profile's `entry_confidence`, else `entry_threshold`),
 direction not FLAT, symbol flat and out of cooldown, the risk gates pass it (with a risk profile) and the
-margin is free. Exits: the Exit Brain with `exit_profile` (DEFAULT unless configured), resting at the venue.
+margin is free; with `rl_sizer`, the PPO sizing agent's multiplier is published beside (shadow) or used as
+(active) the sizing formula's rl_adjustment (strategies/rl_sizing.py). Exits: the Exit Brain with
+`exit_profile` (DEFAULT unless configured), resting at the venue.
 Fills follow the backtest's fill timing (README: an order sent at the batch time fills at the close just
 scored, plus slippage, with the default `bar_close`).
 
