@@ -334,9 +334,7 @@ def write_report(run: RunArtifacts, out: Path) -> dict:
     risk = run.events.frame(RiskEvent)
     exits.to_csv(out / "exits.csv", index=False)
     risk.to_csv(out / "risk_events.csv", index=False)
-    sizing = run.events.frame(SizingEvent)
-    if len(sizing):  # only runs with an RL sizer (ml/rl) publish them
-        sizing.to_csv(out / "sizing_events.csv", index=False)
+    run.events.frame(SizingEvent).to_csv(out / "sizing_events.csv", index=False)  # RL sizer (ml/rl) only
     exit_table = exits_by_reason(exits)
     exit_table.to_csv(out / "exits_by_reason.csv")
     risk_counts = risk_event_counts(risk)

@@ -292,11 +292,11 @@ def evaluate_agent(cfg: RLConfig, model: str, out: Path, progress: bool = True) 
         run = run_backtest(eval_backtest(cfg, bt, mode, model, registry), progress=progress)
         stats = write_report(run, out / mode)
         rows[mode] = {k: stats.get(k) for k in SHOWN} | {"fingerprint": stats["fingerprint"]}
-        sizing = out / mode / "sizing_events.csv"
-        if sizing.exists():
-            events = pd.read_csv(sizing)
+        events = pd.read_csv(out / mode / "sizing_events.csv")
+        entered = events[events["entered"]]
+        if len(events):
             rows[mode]["sizing_events"] = len(events)
-            rows[mode]["mean_multiplier"] = float(events["rl_multiplier"].mean()) if len(events) else None
+            rows[mode]["mean_multiplier"] = float(entered["rl_multiplier"].mean()) if len(entered) else None
         curves[mode] = run.equity.frame()["equity"] if len(run.equity.frame()) else pd.Series(dtype=float)
     table = pd.DataFrame(rows).T
     table["shadow_trades_as_rule"] = table["fingerprint"] == rows["rule"]["fingerprint"]
