@@ -83,14 +83,11 @@ class SizingData:
 
     def raw_market(self) -> np.ndarray:
         """The market part of every opportunity's raw observation (for ObsNorm.fit)."""
+        flat = AccountState()  # the account part is not standardised (ObsNorm)
         rows = [
             build_observation(
-                self.features[i],
-                self.confidence[i],
-                int(self.direction[i]),
-                self.vote_dict(i),
-                AccountState(),
-            )  # fmt: skip
+                self.features[i], self.confidence[i], int(self.direction[i]), self.vote_dict(i), flat
+            )
             for i in range(len(self))
         ]
         return np.array(rows, dtype=np.float32)[:, :N_MARKET] if rows else np.empty((0, N_MARKET), np.float32)
