@@ -1,4 +1,4 @@
-"""Keeps every ExitEvent, RiskEvent and ModelEvent published on the bus during a run, for the run's report.
+"""Keeps every ExitEvent, RiskEvent, ModelEvent and SizingEvent published on the bus during a run, for the report.
 
 Like SignalRecorder it subscribes as any consumer would, so the report shows exactly what went over the bus.
 These events are few (one per exit fill, veto, trip or model decision), so plain rows are enough.
@@ -11,9 +11,9 @@ from nautilus_trader.core.data import Data
 from nautilus_trader.model.data import DataType
 from nautilus_trader.model.identifiers import ClientId
 
-from quantum_trader.events import ExitEvent, ModelEvent, RiskEvent
+from quantum_trader.events import ExitEvent, ModelEvent, RiskEvent, SizingEvent
 
-RECORDED = (ExitEvent, RiskEvent, ModelEvent)
+RECORDED = (ExitEvent, RiskEvent, ModelEvent, SizingEvent)
 
 
 class EventRecorderConfig(ActorConfig, frozen=True):

@@ -20,7 +20,7 @@ from nautilus_trader.model.identifiers import Venue
 from backtests.clm_report import clm_summary, plot_clm
 from backtests.runner import RunArtifacts
 from catalog.instruments import VENUE, symbol_of
-from quantum_trader.events import ExitEvent, ModelEvent, RiskEvent
+from quantum_trader.events import ExitEvent, ModelEvent, RiskEvent, SizingEvent
 from quantum_trader.trace import trace_of
 from strategies.base import ENTRY_TAG, LIQUIDATION_TAG
 
@@ -32,7 +32,8 @@ CLM_FILES = ("model_events.csv", "shadow_signals.parquet", "clm.png")
 REPORT_FILES = (
     "orders.csv", "account.csv", "fills.csv", "positions.csv", "equity.csv", "signals.parquet", "funding.csv",
     "exits.csv", "risk_events.csv", "exits_by_reason.csv", "stats.json", "fingerprint.txt", "per_symbol.csv",
-    "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt", *CLM_FILES,
+    "sizing_events.csv", "config.yaml", "equity.png", "exits.png", "tearsheet.html", "tearsheet.error.txt",
+    *CLM_FILES,
 )  # fmt: skip
 
 
@@ -342,6 +343,7 @@ def write_report(run: RunArtifacts, out: Path, plots: bool = True) -> dict:
     risk = run.events.frame(RiskEvent)
     exits.to_csv(out / "exits.csv", index=False)
     risk.to_csv(out / "risk_events.csv", index=False)
+    run.events.frame(SizingEvent).to_csv(out / "sizing_events.csv", index=False)  # RL sizer (ml/rl) only
     exit_table = exits_by_reason(exits)
     exit_table.to_csv(out / "exits_by_reason.csv")
     risk_counts = risk_event_counts(risk)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, FEATURE_VERSION
 from ml.models.base import FitReport, ForecastModel, ModelLoadError
-from ml.skill import Verdict, verdict
+from ml.skill import HEALTHY, Verdict, verdict
 from quantum_trader.jsonable import jsonable
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,10 @@ class ModelRegistry:
         return record
 
     def status(self, record: ModelRecord) -> Verdict:
-        """What a version is worth: missing or corrupt files first, else ml.skill's verdict on it."""
+        """What a version is worth: missing or corrupt files first, else ml.skill's verdict on it. A kind that
+        forecasts nothing (the RL sizing agent, ml/rl/agent.py) has no skill record: its files decide."""
+        if record.kind not in MODEL_CLASSES:
+            return _file_problem(record) or Verdict(HEALTHY)
         return _file_problem(record) or verdict(record.meta.get("skill"))
 
     def load(self, id_or_alias: str) -> tuple[ForecastModel, ModelRecord]:

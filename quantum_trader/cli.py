@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_commands(sub)
 
+    from quantum_trader.cli_rl import add_rl_commands
+
+    add_rl_commands(sub)
+
     demo = sub.add_parser("demo", help="the main job on generated data: generate, backtest, report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))

@@ -262,6 +262,30 @@ class RiskEvent(Data):
     trace_id: str = ""  # a veto of an entry: the trace id of the decision it refused
 
 
+SIZING_MODES = ("shadow", "active")
+
+
+@customdataclass
+class SizingEvent(Data):
+    """The RL sizer's view of one entry (ml/rl, strategies/rl_sizing.py), published whether it traded or not.
+
+    `rule_margin` is the rule-based margin (strategies/sizing.py with the profile's own rl_adjustment),
+    `rl_multiplier` the agent's suggestion, `rl_margin` the margin with it as rl_adjustment (after the
+    profile's clamp). `mode` shadow: the rule-based size was traded; active: the RL size was. `entered`: the
+    entry passed the risk gates and the margin check and its order was sent.
+    """
+
+    symbol: str = ""
+    mode: str = "shadow"
+    confidence: float = 0.0
+    rule_margin: float = 0.0
+    rl_multiplier: float = 1.0
+    rl_margin: float = 0.0
+    entered: bool = False
+    model_id: str = ""
+    trace_id: str = ""
+
+
 # What an operator can ask (the control API, actors/control_api.py, publishes them; the node's own components act):
 # trip / reset: the emergency stop; close: a market exit of `symbol` (`*` = every position), reason manual;
 # executor_stop / executor_start: the strategies stop / resume opening positions (exits keep being managed);

@@ -461,13 +461,14 @@ class QTStrategy(Strategy):
         atr: float | None = None,
         trace: str | None = None,
         detail: str = "",
+        rl_adjustment: float | None = None,
     ) -> bool:
         """Market entry if the risk gates (when configured) pass it and the margin for it is free.
 
         Size: with a risk profile, the SPEC section 6 formula; else `notional` USDT (default from config).
         `atr` (in price) is required when the Exit Brain is on: R is set from it. `trace`: the decision's trace
         id (a Signal's, `Signal.trace_id`), else derived from the instrument's last bar close; `detail` is
-        added to the decision's log line.
+        added to the decision's log line; `rl_adjustment`: an active RL sizer's multiplier (strategies/rl_sizing.py).
         """
         if self.warming_up:
             return False  # history is being replayed: its prices are gone
@@ -496,7 +497,9 @@ class QTStrategy(Strategy):
             return False
         if self.risk is not None:
             atr_ratio = atr / price if atr is not None else 0.0
-            sizing = self.risk.approve(instrument_id, direction, confidence, price, atr_ratio, trace)
+            sizing = self.risk.approve(
+                instrument_id, direction, confidence, price, atr_ratio, trace, rl_adjustment
+            )
             if sizing is None:
                 return False
             notional = sizing.notional

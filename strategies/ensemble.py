@@ -11,7 +11,9 @@ in both.
 Every scored bar becomes a `Signal` (see quantum_trader/events.py) published on the bus, traded or not.
 Entry: confidence >= the threshold (the risk profile's `entry_confidence`, else `entry_threshold`),
 direction not FLAT, symbol flat and out of cooldown, the risk gates pass it (with a risk profile) and the
-margin is free. Exits: the Exit Brain with `exit_profile` (DEFAULT unless configured), resting at the venue.
+margin is free; with `rl_sizer`, the PPO sizing agent's multiplier is published beside (shadow) or used as
+(active) the sizing formula's rl_adjustment (strategies/rl_sizing.py). Exits: the Exit Brain with
+`exit_profile` (DEFAULT unless configured), resting at the venue.
 Fills follow the backtest's fill timing (README: an order sent at the batch time fills at the close just
 scored, plus slippage, with the default `bar_close`).
 
@@ -38,6 +40,7 @@ from ml.features.windows import FeatureWindows
 from ml.research import SignalTable
 from quantum_trader.events import BarCloseSignals, ModelEvent
 from strategies.base import COMMANDS_CLIENT, QTStrategy, QTStrategyConfig
+from strategies.rl_sizing import RLSizing
 
 BAR_CLOSE_SIGNALS_TYPE = DataType(BarCloseSignals)  # built once: published at every bar close
 RELOAD_ACTIONS = ("promoted", "rollback")  # ModelEvents after which the production models changed
@@ -60,6 +63,7 @@ class EnsembleStrategyConfig(QTStrategyConfig, frozen=True):
     batch_delay_ms: int = 500
     signal_source: str = "models"  # models | catalog (replay Signal events stored in the catalog)
     trade_start: str | int | None = None  # ISO time or ns: no entries on signals before it (warm-up bars)
+    rl_sizer: dict | None = None  # {model, mode: shadow|active, bounds}: strategies/rl_sizing.py
 
 
 class BatchLatency:
@@ -127,15 +131,18 @@ class EnsembleStrategy(QTStrategy):
         self._threshold = (
             self.risk.profile.entry_confidence if self.risk is not None else config.entry_threshold
         )
+        self.rl_sizing = RLSizing(self, config.rl_sizer, config.registry) if config.rl_sizer else None
 
     # ---- setup -------------------------------------------------------------------------------------
     def on_strategy_start(self) -> None:
         cfg = self.config
         self._ids = [bt.instrument_id for bt in self.bar_types]
         self._slot = {iid: i for i, iid in enumerate(self._ids)}
-        # The exits read the ATR in both signal sources; a replay needs nothing else.
+        # The exits read the ATR in both signal sources; a replay needs nothing else, unless the RL sizer
+        # observes the features.
         replay = cfg.signal_source == "catalog"
-        self._features = OnlineFeatures(len(self._ids), ("atr_14",) if replay else FEATURE_NAMES)
+        atr_only = replay and self.rl_sizing is None
+        self._features = OnlineFeatures(len(self._ids), ("atr_14",) if atr_only else FEATURE_NAMES)
         self._atr_column = self._features.features.index("atr_14")
         if replay:
             if self._table is None:
@@ -223,7 +230,7 @@ class EnsembleStrategy(QTStrategy):
         scored = self._replay(slots, bars) if self.ensemble is None else self._score(slots, bars, rows)
         self._scored_at = time.perf_counter_ns()
         for batch, positions in scored:
-            self._act_on_batch(batch, closes[positions], atr_ratios[positions])
+            self._act_on_batch(batch, closes[positions], atr_ratios[positions], rows[positions])
 
     def _score(
         self, slots: np.ndarray, bars: list[Bar], rows: np.ndarray
@@ -314,7 +321,9 @@ class EnsembleStrategy(QTStrategy):
         self.log.info(f"Models reloaded after {event.action} of {event.kind}: {ensemble.model_ids}")
 
     # ---- trading -----------------------------------------------------------------------------------
-    def _act_on_batch(self, batch: BarCloseSignals, closes: np.ndarray, atr_ratios: np.ndarray) -> None:
+    def _act_on_batch(
+        self, batch: BarCloseSignals, closes: np.ndarray, atr_ratios: np.ndarray, features: np.ndarray
+    ) -> None:
         """Entries for the rows that clear the threshold; the rest of the batch costs one numpy pass.
         Scored and replayed decisions (a batch of one each) go through the same rules."""
         if self.risk is not None:
@@ -327,9 +336,9 @@ class EnsembleStrategy(QTStrategy):
         if not self.config.allow_short:
             wanted &= direction > 0
         for i in np.flatnonzero(wanted).tolist():
-            self._enter_if_free(batch, i, closes[i], atr_ratios[i])
+            self._enter_if_free(batch, i, closes[i], atr_ratios[i], features[i])
 
-    def _enter_if_free(self, batch: BarCloseSignals, i: int, price, atr_ratio) -> None:
+    def _enter_if_free(self, batch: BarCloseSignals, i: int, price, atr_ratio, features) -> None:
         iid = batch.instrument_ids[i]
         if self.net_side(iid) != PositionSide.FLAT or self._cooling_down(iid):
             return
@@ -338,9 +347,21 @@ class EnsembleStrategy(QTStrategy):
         # The Signal's trace id is born here, for the decisions acted on: none is computed per row.
         detail = _detail(batch, i) if is_logging_initialized() else ""
         trace = batch.trace_id(i, self.id)
-        if self.enter(
-            iid, side, price, confidence=float(batch.confidence[i]), atr=atr, trace=trace, detail=detail
-        ):
+        rl = self.rl_sizing
+        adjustment = rl.adjustment(iid, batch, i, features, trace) if rl is not None else None
+        entered = self.enter(
+            iid,
+            side,
+            price,
+            confidence=float(batch.confidence[i]),
+            atr=atr,
+            trace=trace,
+            detail=detail,
+            rl_adjustment=adjustment,
+        )
+        if rl is not None:
+            rl.entered(entered)
+        if entered:
             self.entries += 1
             self._last_trade_ns[iid] = self.clock.timestamp_ns()
 

@@ -102,9 +102,10 @@ class RiskControl:
         price: float,
         atr_ratio: float,
         trace_id: str = "",
+        rl_adjustment: float | None = None,
     ) -> Sizing | None:
         """The sizing of an allowed entry, or None after publishing why it was refused (the veto carries the
-        decision's `trace_id`)."""
+        decision's `trace_id`). `rl_adjustment`: an active RL sizer's multiplier (strategies/rl_sizing.py)."""
         symbol = instrument_id.symbol.value
         state = emergency_state(self.strategy.cache)
         if state.tripped:
@@ -116,7 +117,8 @@ class RiskControl:
             veto = Veto("risk_guard", "veto", "equity", f"no positive equity ({equity})", math.nan, 0.0)
             self._publish(veto, symbol, trace_id)
             return None
-        sizing = position_size(equity, confidence, self.profile, self.strategy.leverage(instrument_id))
+        leverage = self.strategy.leverage(instrument_id)
+        sizing = position_size(equity, confidence, self.profile, leverage, rl_adjustment)
         slot = self._slot[instrument_id]
         intent = EntryIntent(
             symbol=symbol,
@@ -152,6 +154,20 @@ class RiskControl:
     def equity(self) -> float | None:
         venue = next(iter(self._slot)).venue if self._slot else None
         return account_equity(self.strategy.portfolio, venue) if venue is not None else None
+
+    def book(self, equity: float) -> BookState:
+        """The account as the gates see it (the RL sizer's observation reads it too)."""
+        return self._book(equity)
+
+    def unrealised_pnl(self) -> float:
+        """Open positions marked at their symbols' last closes."""
+        total = 0.0
+        for position in self.strategy.cache.positions_open():
+            slot = self._slot.get(position.instrument_id)
+            last = self._last_close[slot] if slot is not None else math.nan
+            if last == last:
+                total += position.signed_qty * (last - position.avg_px_open)
+        return total
 
     def _book(self, equity: float) -> BookState:
         if math.isnan(self._day_start):

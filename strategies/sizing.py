@@ -46,14 +46,22 @@ def clamp_leverage(account_leverage: float, profile: RiskProfile) -> float:
     return float(min(max(account_leverage, 1.0), profile.max_leverage))
 
 
-def position_size(equity: float, confidence: float, profile: RiskProfile, account_leverage: float) -> Sizing:
+def position_size(
+    equity: float,
+    confidence: float,
+    profile: RiskProfile,
+    account_leverage: float,
+    rl_adjustment: float | None = None,
+) -> Sizing:
+    """`rl_adjustment`: the RL sizer's multiplier for this entry (ml/rl), in place of the profile's."""
     leverage = clamp_leverage(account_leverage, profile)
     if not (math.isfinite(equity) and math.isfinite(confidence) and math.isfinite(account_leverage)):
         return Sizing(0.0, 0.0, leverage, 0.0, "")
     if equity <= 0:
         return Sizing(0.0, 0.0, leverage, 0.0, "")
     base = equity * profile.risk_per_trade
-    requested = base * (1.0 + (confidence - profile.confidence_pivot) * 2.0) * profile.rl_adjustment
+    adjustment = profile.rl_adjustment if rl_adjustment is None else rl_adjustment
+    requested = base * (1.0 + (confidence - profile.confidence_pivot) * 2.0) * adjustment
     if requested <= 0:
         return Sizing(0.0, 0.0, leverage, requested, "")
     if requested < profile.min_position_usd:
