@@ -127,12 +127,28 @@ class ModelRegistry:
         `skill` is ml.skill.assess() of its validation forecasts: without it the version can never be
         promoted nor vote. `feature_distribution` (ml.drift) is the training distribution a drift check
         compares live features against."""
-        kind = model.kind
+        meta = {
+            "lookback": model.lookback,
+            "label": label,
+            "data": data,
+            "metrics": metrics,
+            "params": model.params(),
+            "versions": _library_versions(model.kind),
+            "training": training,
+            "skill": skill,
+            "feature_distribution": feature_distribution,
+        }
+        return self.store(model.kind, model.save, meta)
+
+    def store(self, kind: str, write_files, meta: dict) -> ModelRecord:
+        """Write a new immutable version of `kind`: `write_files(folder)` saves its files and returns their
+        names; `meta` is recorded beside the id, time, feature set and sha256 of each file. Written into a
+        hidden staging folder and renamed into place, so a crash never leaves half a version."""
         kind_dir = self.root / kind
         kind_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=kind_dir))  # hidden: list() skips it
         try:
-            names = model.save(staging)
+            names = write_files(staging)
             files = {name: _sha256(staging / name) for name in sorted(names)}
             checksum = _checksum(files)
             created = datetime.now(UTC)
@@ -141,18 +157,10 @@ class ModelRegistry:
                 "id": version_id,
                 "kind": kind,
                 "created_at": created.isoformat(),
-                "lookback": model.lookback,
                 "feature_names": list(FEATURE_NAMES),
                 "feature_hash": FEATURE_SET_HASH,
                 "feature_version": FEATURE_VERSION,
-                "label": label,
-                "data": data,
-                "metrics": metrics,
-                "params": model.params(),
-                "versions": _library_versions(kind),
-                "training": training,
-                "skill": skill,
-                "feature_distribution": feature_distribution,
+                **meta,
                 "files": files,
                 "checksum": checksum,
             }

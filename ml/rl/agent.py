@@ -11,22 +11,16 @@ check them like any version, so a changed file or another feature set is refused
 """
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
-from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, FEATURE_VERSION
-from ml.registry import META_FILE, ModelRegistry, RegistryError, _checksum, _sha256, _write_synced
+from ml.registry import META_FILE, ModelRegistry, RegistryError, _write_synced
 from ml.rl.env import multiplier
 from ml.rl.observation import CLIP, OBS_DIM, AccountState, ObsNorm, build_observation
-from quantum_trader.jsonable import jsonable
 
 KIND = "ppo_sizer"
 POLICY_FILE = "policy.pt"
@@ -77,39 +71,16 @@ def save_agent(
     registry: str | Path, policy, norm: ObsNorm, bounds, arch: dict, training: dict, data: dict
 ) -> str:
     """Register the policy's weights as a new `ppo_sizer` version; returns its id."""
-    root = Path(registry)
-    kind_dir = root / KIND
-    kind_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=kind_dir))  # hidden: list() skips it
-    try:
+
+    def write_files(folder: Path) -> list[str]:
         state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
-        torch.save(state, staging / POLICY_FILE)
+        torch.save(state, folder / POLICY_FILE)
         spec = {"arch": arch, "bounds": list(bounds), "norm": norm.to_json()}
-        _write_synced(staging / AGENT_FILE, json.dumps(spec, indent=2))
-        files = {name: _sha256(staging / name) for name in (AGENT_FILE, POLICY_FILE)}
-        checksum = _checksum(files)
-        created = datetime.now(UTC)
-        version_id = ModelRegistry(root)._new_id(KIND, created, checksum)
-        meta = {
-            "id": version_id,
-            "kind": KIND,
-            "created_at": created.isoformat(),
-            "feature_names": list(FEATURE_NAMES),
-            "feature_hash": FEATURE_SET_HASH,
-            "feature_version": FEATURE_VERSION,
-            "data": data,
-            "training": training,
-            "versions": {"torch": torch.__version__},
-            "files": files,
-            "checksum": checksum,
-        }
-        _write_synced(staging / META_FILE, json.dumps(jsonable(meta), indent=2))
-        os.rename(staging, kind_dir / version_id)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    ModelRegistry(root)._record("register", KIND, version_id, previous=None)
-    return version_id
+        _write_synced(folder / AGENT_FILE, json.dumps(spec, indent=2))
+        return [AGENT_FILE, POLICY_FILE]
+
+    meta = {"data": data, "training": training, "versions": {"torch": torch.__version__}}
+    return ModelRegistry(registry).store(KIND, write_files, meta).id
 
 
 def load_agent(registry: str | Path, id_or_alias: str) -> SizerAgent:
