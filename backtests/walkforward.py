@@ -262,7 +262,18 @@ class WalkForwardResult:
     out: Path
 
 
-def run_walkforward(cfg: WalkForwardConfig, out: Path, progress: bool = True) -> WalkForwardResult:
+@dataclass(frozen=True)
+class RayOptions:
+    """Run the folds as Ray tasks: a local Ray with `cpus` CPUs, or the cluster at `address` (whose nodes need
+    this checkout, the catalog and the report folder at the same paths: a shared filesystem)."""
+
+    cpus: int | None = None
+    address: str | None = None
+
+
+def run_walkforward(
+    cfg: WalkForwardConfig, out: Path, progress: bool = True, ray: RayOptions | None = None
+) -> WalkForwardResult:
     from backtests.runner import resolve_period, select_universe
     from catalog.store import CatalogStore
 
@@ -280,10 +291,11 @@ def run_walkforward(cfg: WalkForwardConfig, out: Path, progress: bool = True) ->
         f"training window, retrain every {cfg.schedule.retrain_every_days:g} days, test {folds[0].test_start} "
         f".. {folds[-1].test_end}; models {cfg.train.kinds}",
     )
-    closes = _CloseCache(store, cfg)
-    results = []
-    for fold in folds:
-        results.append(_run_fold(cfg, fold, len(folds), registry, out, closes, progress))
+    if ray is None:
+        closes = _CloseCache(store, cfg)
+        results = [_run_fold(cfg, fold, len(folds), registry, out, closes, progress) for fold in folds]
+    else:
+        results = _run_folds_on_ray(cfg, folds, registry, out, progress, ray)
     windows = windows_table(results)
     windows.to_csv(out / "windows.csv", index=False)
     stitched = {name: stitch([r.runs[name].equity for r in results], cfg.venue.starting_balance)
@@ -335,6 +347,46 @@ def _run_fold(
         + "".join(f", {nm} {r.stats['total_return']:+.2%}" for nm, r in fr.runs.items() if nm != "ensemble"),
     )
     return fr
+
+
+def _run_folds_on_ray(
+    cfg: WalkForwardConfig, folds: list[Fold], registry: Path, out: Path, progress: bool, options: RayOptions
+) -> list[FoldResult]:
+    """Every fold as one Ray task (one CPU): the folds are independent (each trains on its own window and
+    backtests its own models by version id), so they give the same windows as the loop, in fold order. The
+    registry serialises their history lines with a lock (ml/registry.py)."""
+    import ray
+    from tqdm import tqdm
+
+    from backtests.sweep import start_ray
+
+    cfg = cfg.model_copy(update={"catalog": str(Path(cfg.catalog).resolve())})  # a worker's cwd is not ours
+    registry, out = registry.resolve(), out.resolve()
+    info, started = start_ray(options.cpus, options.address)
+    _say(progress, f"folds on Ray ({info['mode']}, {info['cpus']} CPUs, {info['nodes']} node(s))")
+    task = ray.remote(num_cpus=1, max_retries=0, max_calls=1)(_fold_on_worker)
+    try:
+        pending = {task.remote(cfg, fold, len(folds), registry, out): fold.index for fold in folds}
+        results: dict[int, FoldResult] = {}
+        with tqdm(total=len(folds), desc="folds", unit="fold", disable=not progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    results[pending.pop(ref)] = ray.get(
+                        ref
+                    )  # a failed fold fails the walk-forward, as in the loop
+                    bar.update(1)
+    finally:
+        if started:
+            ray.shutdown()
+    return [results[fold.index] for fold in folds]
+
+
+def _fold_on_worker(cfg: WalkForwardConfig, fold: Fold, n: int, registry: Path, out: Path) -> FoldResult:
+    from catalog.store import CatalogStore
+
+    closes = _CloseCache(CatalogStore(Path(cfg.catalog)), cfg)
+    return _run_fold(cfg, fold, n, registry, out, closes, progress=False)
 
 
 def models_left_out(skill: dict[str, dict], weights: dict[str, float]) -> dict[str, str]:

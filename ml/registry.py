@@ -19,6 +19,8 @@ healthy, missing, corrupt, constant or no-skill.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("models")
 META_FILE = "meta.json"
 REGISTRY_FILE = "registry.json"
+LOCK_FILE = ".registry.lock"  # flock()ed while registry.json is read, changed and replaced
 ALIASES = ("production", "latest")
 _UNCHANGED = object()  # _record(): leave the production alias as it is
 
@@ -363,16 +366,19 @@ class ModelRegistry:
         production=_UNCHANGED,
         **details,
     ) -> None:
-        """Append an event to the history and, unless `production` is left out, set the alias."""
-        state = self._read_registry()
-        if production is not _UNCHANGED:
-            if production is None:
-                state["production"].pop(kind, None)
-            else:
-                state["production"][kind] = production
-        event = {"ts": datetime.now(UTC).isoformat(), "action": action, "kind": kind, "id": version_id}
-        state["history"].append({**event, "previous": previous, **details})
-        _write_atomic(self.root / REGISTRY_FILE, json.dumps(state, indent=2))
+        """Append an event to the history and, unless `production` is left out, set the alias. Read, change and
+        write happen under an exclusive lock, so processes registering at once (walk-forward folds on Ray) each
+        keep their line."""
+        with _locked(self.root / LOCK_FILE):
+            state = self._read_registry()
+            if production is not _UNCHANGED:
+                if production is None:
+                    state["production"].pop(kind, None)
+                else:
+                    state["production"][kind] = production
+            event = {"ts": datetime.now(UTC).isoformat(), "action": action, "kind": kind, "id": version_id}
+            state["history"].append({**event, "previous": previous, **details})
+            _write_atomic(self.root / REGISTRY_FILE, json.dumps(state, indent=2))
 
 
 def _production_stack(history: list[dict], kind: str) -> list[str | None]:
@@ -440,6 +446,17 @@ def _library_versions(kind: str) -> dict:
         except PackageNotFoundError:
             versions[library] = None
     return versions
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _write_atomic(path: Path, text: str) -> None:

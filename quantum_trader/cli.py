@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("config", type=Path)
     wf.add_argument("--catalog", type=Path, help="override the config's catalog path")
     wf.add_argument("--out", type=Path, help="report folder (default runs/walkforward-<name>-<time>)")
+    wf.add_argument("--ray", action="store_true", help="run the folds as Ray tasks (a local Ray by default)")
+    wf.add_argument("--cpus", type=int, help="with --ray: CPUs of the local Ray (default: all)")
+    wf.add_argument("--address", help="with --ray: join this Ray cluster instead of starting a local one")
     wf.add_argument("--no-progress", action="store_true")
     wf.set_defaults(func=cmd_walkforward)
 
@@ -292,11 +295,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_walkforward(args) -> int:
-    from backtests.walkforward import format_summary, load_walkforward_config, run_walkforward
+    from backtests.walkforward import RayOptions, format_summary, load_walkforward_config, run_walkforward
 
     cfg = _with_paths(load_walkforward_config(args.config), catalog=args.catalog)
     out = _report_folder(args, f"walkforward-{cfg.name}")
-    result = run_walkforward(cfg, out, progress=not args.no_progress)
+    ray = RayOptions(args.cpus, args.address) if args.ray or args.address else None
+    result = run_walkforward(cfg, out, progress=not args.no_progress, ray=ray)
     print(format_summary(result.summary))
     print(f"report: {out}/ (windows.csv, summary.json, equity.png, fold-NN/ with each fold's reports)")
     return 0

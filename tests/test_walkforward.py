@@ -10,6 +10,7 @@ import pytest
 from backtests.config import parse_backtest_config
 from backtests.runner import run_backtest
 from backtests.walkforward import (
+    RayOptions,
     ScheduleConfig,
     WalkForwardConfig,
     format_summary,
@@ -143,6 +144,18 @@ def test_same_config_twice_gives_the_same_windows(wf, catalog_root):
     cfg = WalkForwardConfig.model_validate(wf_config(catalog_root))
     again = run_walkforward(cfg, catalog_root / "run2", progress=False)
     assert (again.out / "windows.csv").read_bytes() == (wf.out / "windows.csv").read_bytes()
+
+
+def test_folds_on_a_local_ray_give_the_same_windows_and_keep_every_registry_line(wf, catalog_root):
+    cfg = WalkForwardConfig.model_validate(wf_config(catalog_root))
+    on_ray = run_walkforward(cfg, catalog_root / "run-ray", progress=False, ray=RayOptions(cpus=2))
+    assert (on_ray.out / "windows.csv").read_bytes() == (wf.out / "windows.csv").read_bytes()
+    registered = [
+        e["id"] for e in ModelRegistry(on_ray.out / "models").history() if e["action"] == "register"
+    ]
+    fold_models = [mid for fold in on_ray.folds for mid in fold.model_ids.values()]
+    assert len(fold_models) == len(wf.folds) * len(cfg.train.kinds) > 2
+    assert sorted(registered) == sorted(fold_models)  # two folds registering at once lost no line
 
 
 def test_a_fold_whose_models_learned_nothing_sits_its_window_out_in_cash(tmp_path):
