@@ -141,7 +141,12 @@ def decide(
         return Decision(kind, False, "waiting", {"n": len(shared)})
     cand = score(shared, shadow, min_names)
     prod = score(shared, live, min_names)
-    prod_ic = prod["ic"] if math.isfinite(prod["ic"]) else 0.0
+    prod_ic = prod["ic"] if math.isfinite(prod["ic"]) else 0.0  # no production model: the zero forecast's
+    against = (
+        f"production's {prod_ic:.4f}"
+        if math.isfinite(prod["ic"])
+        else "the zero forecast's 0 (no production)"
+    )
     found = verdict(candidate_skill)
     if not found.usable:
         return Decision(kind, False, f"validation skill: {found}", cand, prod)
@@ -149,14 +154,14 @@ def decide(
         return Decision(
             kind,
             False,
-            f"IC {cand['ic']:.4f} does not beat production's {prod_ic:.4f} by more than {margin:g}",
+            f"IC {cand['ic']:.4f} does not beat {against} by more than {margin:g}",
             cand,
             prod,
         )
     return Decision(
         kind,
         True,
-        f"IC {cand['ic']:.4f} beats production's {prod_ic:.4f} by more than {margin:g}",
+        f"IC {cand['ic']:.4f} beats {against} by more than {margin:g}",
         cand,
         prod,
     )
