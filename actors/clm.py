@@ -48,7 +48,7 @@ from nautilus_trader.model.identifiers import ClientId
 from catalog.instruments import symbol_of
 from ml.drift import drift
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, load_ensemble
-from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, OnlineFeatures
+from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, OnlineFeatures, bar_columns
 from ml.features.windows import FeatureWindows
 from ml.lifecycle import PredictionLedger, decide, score
 from ml.registry import ModelRegistry, ModelRejected, RegistryError
@@ -57,6 +57,7 @@ from quantum_trader.events import BarCloseSignals, ModelEvent, OperatorCommand, 
 
 HOUR = 3600 * 1_000_000_000
 TIMERS = ("clm-retrain", "clm-drift", "clm-performance")
+SHADOW_SIGNALS_TYPE = DataType(ShadowSignals)  # built once: published at every bar close while shadowing
 
 
 class ContinuousLearningActorConfig(ActorConfig, frozen=True):
@@ -165,11 +166,7 @@ class ContinuousLearningActor(Actor):
         slots = np.fromiter(sorted(self._pending), dtype=np.int64)
         bars = [self._pending[s] for s in slots]
         self._pending = {}
-        ohlcv = np.array(
-            [[b.open.as_double(), b.high.as_double(), b.low.as_double(), b.close.as_double(), b.volume.as_double()]
-             for b in bars]
-        )  # fmt: skip
-        rows = self._features.update(slots, *ohlcv.T)
+        rows = self._features.update(slots, *bar_columns(bars))
         finite = np.isfinite(rows).all(axis=1)
         if finite.any():
             self._drift_rows.append(rows[finite])
@@ -190,7 +187,7 @@ class ContinuousLearningActor(Actor):
             model_ids=self.candidate.model_ids,
             features_hash=FEATURE_SET_HASH,
         )
-        self.publish_data(DataType(ShadowSignals), batch)
+        self.publish_data(SHADOW_SIGNALS_TYPE, batch)
         for i, iid in enumerate(batch.instrument_ids):
             values = {kind: v[i] for kind, v in batch.votes.items()}
             self.ledger.add("shadow", str(iid), ts, values | {"ensemble": batch.forecast[i]})

@@ -752,9 +752,8 @@ class QTStrategy(Strategy):
         self._cancel_liquidation_order(event.instrument_id)
 
     def _log_closed(self, event: PositionClosed) -> None:
-        trace = self._opening_trace(
-            event.opening_order_id, event.instrument_id
-        )  # before the Exit Brain forgets
+        # asked before the Exit Brain forgets the position
+        trace = self._opening_trace(event.opening_order_id, event.instrument_id)
         if trace:
             self.log.info(
                 f"trace_id={trace} closed {event.instrument_id} (entry {event.entry.name}) {event.position_id} "

@@ -35,7 +35,7 @@ from nautilus_trader.model.events import PositionClosed
 from nautilus_trader.model.identifiers import InstrumentId
 
 from ml.ensemble import DEFAULT_WEIGHTS, Ensemble, EnsembleError, load_ensemble
-from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, OnlineFeatures
+from ml.features import FEATURE_NAMES, FEATURE_SET_HASH, OnlineFeatures, bar_columns
 from ml.features.windows import FeatureWindows
 from ml.research import SignalTable
 from quantum_trader.events import BarCloseSignals, ModelEvent
@@ -224,7 +224,7 @@ class EnsembleStrategy(QTStrategy):
         slots = np.fromiter(sorted(self._pending), dtype=np.int64)
         bars = [self._pending[s] for s in slots]
         self._pending = {}
-        ohlcv = _ohlcv(bars)
+        ohlcv = bar_columns(bars)
         rows = self._features.update(slots, *ohlcv)
         closes, atr_ratios = ohlcv[3], rows[:, self._atr_column]
         scored = self._replay(slots, bars) if self.ensemble is None else self._score(slots, bars, rows)
@@ -378,22 +378,6 @@ def _detail(batch: BarCloseSignals, i: int) -> str:
     """Row `i`'s vote for the decision's log line."""
     votes = " ".join(f"{k}={v[i]:.3f}" for k, v in batch.votes.items() if np.isfinite(v[i]))
     return f"prob_up={batch.prob_up[i]:.3f} forecast={batch.forecast[i]:.6f} votes[{votes}]"
-
-
-def _ohlcv(bars: list[Bar]) -> tuple[np.ndarray, ...]:
-    values = np.array(
-        [
-            (
-                b.open.as_double(),
-                b.high.as_double(),
-                b.low.as_double(),
-                b.close.as_double(),
-                b.volume.as_double(),
-            )
-            for b in bars
-        ]
-    )
-    return tuple(values.T)
 
 
 def _check_config(cfg: EnsembleStrategyConfig) -> None:

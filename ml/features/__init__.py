@@ -6,7 +6,7 @@ symbols. Both read the same formulas, and tests/test_features.py proves they agr
 
 from ml.features.batch import compute_features
 from ml.features.definition import FEATURE_NAMES, FEATURE_SET_HASH, FEATURE_VERSION, N_FEATURES, WARMUP_BARS
-from ml.features.online import OnlineFeatures
+from ml.features.online import OnlineFeatures, bar_columns
 
 __all__ = [
     "FEATURE_NAMES",
@@ -15,5 +15,6 @@ __all__ = [
     "N_FEATURES",
     "WARMUP_BARS",
     "OnlineFeatures",
+    "bar_columns",
     "compute_features",
 ]

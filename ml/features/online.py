@@ -88,6 +88,15 @@ def _plan(n_slots: int, steps: tuple[Point | Ema, ...]) -> list[Point | _EmaGrou
     return plan
 
 
+def bar_columns(bars) -> tuple[np.ndarray, ...]:
+    """Open, high, low, close and volume of Nautilus `bars` as five float arrays: OnlineFeatures.update's input."""
+    values = np.array(
+        [(b.open.as_double(), b.high.as_double(), b.low.as_double(), b.close.as_double(), b.volume.as_double())
+         for b in bars]
+    )  # fmt: skip
+    return tuple(values.T)
+
+
 class OnlineFeatures:
     """Incremental feature evaluator for `n_slots` symbols, equal to compute_features bar by bar.
 
