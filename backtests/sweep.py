@@ -13,7 +13,6 @@ point should be checked on later data (a later period, or `qt walkforward`) befo
 
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from backtests.config import BacktestConfig
+from backtests.ray_cluster import start_ray
 from backtests.sweep_grid import Point, expand_grid
 from quantum_trader.config import StrictModel, load_config, read_yaml_mapping
 
@@ -119,45 +119,6 @@ def run_point(config: dict, report_dir: str | None) -> dict:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-# ---- Ray ---------------------------------------------------------------------------------------------------
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def ray_init_options(cpus: int | None = None, address: str | None = None) -> dict:
-    """`ray.init` arguments: a local Ray with `cpus` CPUs and no dashboard, or the cluster at `address`. The
-    workers import this checkout's code (the driver's), which must be at the same path on a cluster's nodes."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    options: dict[str, Any] = {
-        "log_to_driver": False,
-        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}},
-    }
-    if address:
-        return options | {"address": address}
-    return options | {"num_cpus": cpus or os.cpu_count(), "include_dashboard": False}
-
-
-def start_ray(cpus: int | None, address: str | None) -> tuple[dict, bool]:
-    """Ray for the sweep: the running one if the caller started it, else the cluster at `address`, else a local
-    one with `cpus` CPUs. Returns its description and whether the sweep started it (and must shut it down)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(**ray_init_options(cpus, address))
-    mode = "cluster" if address else "local"
-    info = {
-        "mode": mode if started else "already running",
-        "address": address or ray.get_runtime_context().gcs_address,
-        "cpus": int(ray.cluster_resources().get("CPU", 0)),
-        "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
-        "ray_version": ray.__version__,
-    }
-    return info, started
 
 
 def run_on_ray(

@@ -358,7 +358,7 @@ def _run_folds_on_ray(
     import ray
     from tqdm import tqdm
 
-    from backtests.sweep import start_ray
+    from backtests.ray_cluster import start_ray
 
     cfg = cfg.model_copy(update={"catalog": str(Path(cfg.catalog).resolve())})  # a worker's cwd is not ours
     registry, out = registry.resolve(), out.resolve()

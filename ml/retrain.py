@@ -6,7 +6,7 @@ the given registry, and `promote: false`: the new versions are registered, never
 continuous-learning actor shadows them first). ml.dataset keeps only bars that close before period.end, and
 labels are read from those bars, so nothing after `now` reaches the model.
 
-`start_retrain` runs it in a fresh process (multiprocessing "spawn": no state of the trading process is
+`RetrainRunner.start` runs it in a fresh process (multiprocessing "spawn": no state of the trading process is
 inherited) and returns a Future the caller polls (live) or waits on (a backtest at its latency deadline).
 """
 

@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from backtests.ray_cluster import REPO_ROOT, ray_init_options
 from backtests.sweep import (
-    REPO_ROOT,
     SweepConfig,
     load_sweep_config,
-    ray_init_options,
     results_table,
     run_sweep,
     sweep_points,
